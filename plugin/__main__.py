@@ -1,0 +1,62 @@
+"""Entry point. SPIRE starts us with the go-plugin magic cookie; a human without it gets a CLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from plugin import PLUGIN_NAME, __version__
+
+MAGIC_COOKIE_KEY = "KeyManager"
+MAGIC_COOKIE_VALUE = "KeyManager"
+
+NOT_A_COMMAND = """\
+This binary is a plugin. These are not meant to be executed directly.
+Please execute the program that consumes these plugins, which will
+load any plugins automatically
+"""
+
+HELP = f"""\
+{PLUGIN_NAME} {__version__}: a SPIRE Server KeyManager plugin that keeps its keys in AWS KMS.
+
+SPIRE Server starts this program itself. Configure it in server.conf:
+
+    KeyManager "aws_kms" {{
+        plugin_cmd = "/path/to/{PLUGIN_NAME}"
+        plugin_checksum = "<sha256 of this file>"
+        plugin_data {{
+            region = "us-east-2"
+        }}
+    }}
+
+Options:
+    --version   print the version and exit
+    --help      print this help and exit
+
+See the README for every plugin_data key.
+"""
+
+
+def main(argv: list[str]) -> int:
+    if "--version" in argv or "version" in argv[:1]:
+        print(f"{PLUGIN_NAME} {__version__}")
+        return 0
+    if "--help" in argv or "-h" in argv or "help" in argv[:1]:
+        print(HELP, end="")
+        return 0
+    if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
+        sys.stderr.write(NOT_A_COMMAND)
+        return 1
+
+    from plugin import log
+
+    log.setup()
+    # Imported only now, so a human asking for --help does not wait for gRPC to load.
+    from plugin import goplugin, service
+
+    services = service.PluginServices.create()
+    return goplugin.serve(services.register, on_stop=services.stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,477 @@
+"""The plugin's configuration: SPIRE's HCL1 ``plugin_data`` text -> a frozen Config, or every problem.
+
+Configure and Validate share parse_config, so both report the same problems with the same words. Only
+read_key_policy, load_server_id and check_files touch the file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import re
+import types
+import unicodedata
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import hcl
+
+from plugin.naming import DEFAULT_KEY_PREFIX, AliasScheme, BuiltinScheme, CommunityScheme, alias_problems
+
+DEFAULT_DELETION_WINDOW_DAYS = 7
+MIN_DELETION_WINDOW_DAYS = 7
+MAX_DELETION_WINDOW_DAYS = 30
+MAX_TAGS = 50
+MAX_TAG_KEY_LENGTH = 128
+MAX_TAG_VALUE_LENGTH = 256
+MAX_KEY_POLICY_BYTES = 32 * 1024
+RESERVED_TAG_PREFIX_PLUGIN = "spire-"
+
+KNOWN_KEYS = (
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "key_prefix",
+    "key_identifier_file",
+    "key_identifier_value",
+    "key_metadata_file",
+    "key_policy_file",
+    "key_tags",
+    "deletion_window_days",
+)
+_BUILTIN_KEYS = ("key_identifier_file", "key_identifier_value", "key_metadata_file")
+
+# Server ids read from a file are UUIDs, so only the trust domain decides whether their aliases fit.
+_SERVER_ID_STAND_IN = str(uuid.UUID(int=0))
+
+# What botocore accepts as a region name (one host label); checked here so a typo is reported against
+# "region" at configuration time rather than as an endpoint error on the first KMS call.
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+
+_TAG_PUNCTUATION = frozenset("_.:/=+-@")
+_TAG_CHARSET = "letters, digits, spaces and _ . : / = + - @"
+
+# pyhcl's lexer quotes the offending input character in its messages; that character could belong to
+# secret_access_key, so it is dropped (the line and column still point at it).
+_ECHOED_CHARACTER = re.compile(r"(?<=Illegal character) '[^']*'|, got '[^']*'")
+
+DEPRECATED_KEY_METADATA_FILE = "key_metadata_file is deprecated: use key_identifier_file instead"
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServerIdFile:
+    path: str
+
+
+@dataclass(frozen=True)
+class ServerIdValue:
+    value: str
+
+
+@dataclass(frozen=True)
+class Config:
+    region: str
+    credentials: StaticCredentials | None
+    trust_domain: str
+    key_prefix: str | None
+    server_id: ServerIdFile | ServerIdValue | None
+    key_policy_file: str | None
+    # Read-only view; left out of the hash because a mapping proxy cannot be hashed.
+    key_tags: Mapping[str, str] = field(hash=False)
+    deletion_window_days: int
+    warnings: tuple[str, ...]
+
+
+class ConfigError(Exception):
+    """Every problem found, each a sentence naming the configuration key responsible."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def parse_config(hcl_text: str, trust_domain: str) -> Config:
+    data = _parse_hcl(hcl_text)
+    problems = [_unknown_key(key) for key in data if key not in KNOWN_KEYS]
+
+    region = _string(data, "region", problems)
+    if "region" not in data:
+        problems.append("region is required")
+    elif region is not None and not _blank(region, "region", problems) and not _REGION.fullmatch(region):
+        problems.append(f'region "{region}" is invalid: expected a region name such as us-east-1')
+
+    credentials = _credentials(data, problems)
+    key_prefix, server_id = _naming(data, trust_domain, problems)
+    key_policy_file = _string(data, "key_policy_file", problems)
+    if key_policy_file is not None and _blank(key_policy_file, "key_policy_file", problems):
+        key_policy_file = None
+    key_tags = _key_tags(data["key_tags"], problems) if "key_tags" in data else {}
+    deletion_window_days = _deletion_window_days(data, problems)
+
+    if problems:
+        # Two settings can lead to the same finding (key_metadata_file and key_identifier_file both
+        # check the trust domain); say it once.
+        raise ConfigError(dict.fromkeys(problems))
+    assert region is not None  # for mypy: a missing or bad region is a problem above
+    return Config(
+        region=region,
+        credentials=credentials,
+        trust_domain=trust_domain,
+        key_prefix=key_prefix,
+        server_id=server_id,
+        key_policy_file=key_policy_file,
+        key_tags=types.MappingProxyType(key_tags),
+        deletion_window_days=deletion_window_days,
+        warnings=(DEPRECATED_KEY_METADATA_FILE,) if "key_metadata_file" in data else (),
+    )
+
+
+def read_key_policy(path: str) -> str:
+    """The key policy text, verbatim, once it is known to be a JSON object KMS could accept."""
+    try:
+        with open(path, encoding="utf-8") as policy_file:
+            text = policy_file.read()
+    except OSError as err:
+        raise ConfigError([f'key_policy_file "{path}" cannot be read: {_os_reason(err)}']) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f'key_policy_file "{path}" cannot be read: it is not UTF-8 text']) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError([f'key_policy_file "{path}" is not valid JSON: {err}']) from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [f'key_policy_file "{path}" must hold a JSON object (a key policy), not {_json_kind(document)}']
+        )
+    size = len(text.encode("utf-8"))
+    if size > MAX_KEY_POLICY_BYTES:
+        raise ConfigError(
+            [
+                f'key_policy_file "{path}" is too large: KMS key policies may be at most '
+                f"{MAX_KEY_POLICY_BYTES} bytes, not {size}"
+            ]
+        )
+    return text
+
+
+def load_server_id(source: ServerIdFile | ServerIdValue) -> str:
+    """The server id; a missing id file is created with a new random UUID, readable only by us."""
+    if isinstance(source, ServerIdValue):
+        return source.value
+    path = source.path
+    text = _read_id_file(path)
+    if text is None:
+        try:
+            return _create_id_file(path)
+        except FileExistsError:
+            # Another server process sharing the file created it first: use its id.
+            text = _read_id_file(path)
+            if text is None:
+                raise ConfigError([f'key_identifier_file "{path}" cannot be created: File exists']) from None
+    return _parse_server_id(path, text)
+
+
+def check_files(config: Config) -> list[str]:
+    """What Configure would find wrong with the files the configuration names; creates nothing."""
+    problems: list[str] = []
+    if config.key_policy_file is not None:
+        try:
+            read_key_policy(config.key_policy_file)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if isinstance(config.server_id, ServerIdFile):
+        path = config.server_id.path
+        try:
+            text = _read_id_file(path)
+            if text is None:
+                problems.extend(_creatable_problems(path))
+            else:
+                _parse_server_id(path, text)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    return problems
+
+
+def naming_scheme(config: Config, server_id: str | None) -> AliasScheme:
+    """The alias scheme for a parsed config; server_id is load_server_id's answer (built-in scheme)."""
+    if config.key_prefix is not None:
+        return CommunityScheme(config.key_prefix)
+    if server_id is None:
+        raise ValueError("the built-in naming scheme needs the server id from load_server_id")
+    return BuiltinScheme(config.trust_domain, server_id)
+
+
+def _parse_hcl(text: str) -> dict[str, Any]:
+    # pyhcl refuses whitespace-only input, which SPIRE may send for an empty plugin_data block.
+    if not text.strip():
+        return {}
+    try:
+        data = hcl.loads(text)
+    except ValueError as err:
+        detail = _ECHOED_CHARACTER.sub("", str(err))
+        raise ConfigError([f"the configuration is not valid HCL: {detail}"]) from None
+    except Exception as err:
+        # Other failures inside pyhcl may quote input (a secret, perhaps): name the failure only.
+        raise ConfigError(
+            [f"the configuration is not valid HCL: the parser failed with {type(err).__name__}"]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(["the configuration is not valid HCL: expected key = value settings"])
+    return data
+
+
+def _unknown_key(key: str) -> str:
+    guess = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
+    hint = f' (did you mean "{guess[0]}"?)' if guess else ""
+    return f'unknown configuration key "{key}"{hint}'
+
+
+def _string(data: Mapping[str, Any], key: str, problems: list[str]) -> str | None:
+    """The string under key; None when absent or of another type (then a problem is recorded)."""
+    if key not in data:
+        return None
+    value = data[key]
+    if not isinstance(value, str):
+        # Never the value itself: it may be a secret given the wrong shape.
+        problems.append(f"{key} must be a string, not {_kind(value)}")
+        return None
+    return value
+
+
+def _blank(value: str, key: str, problems: list[str]) -> bool:
+    if value.strip():
+        return False
+    problems.append(f"{key} must not be empty")
+    return True
+
+
+def _credentials(data: Mapping[str, Any], problems: list[str]) -> StaticCredentials | None:
+    access_key_id = _string(data, "access_key_id", problems)
+    secret_access_key = _string(data, "secret_access_key", problems)
+    if "access_key_id" in data and "secret_access_key" not in data:
+        problems.append("secret_access_key is required when access_key_id is set")
+    if "secret_access_key" in data and "access_key_id" not in data:
+        problems.append("access_key_id is required when secret_access_key is set")
+    if access_key_id is not None and _blank(access_key_id, "access_key_id", problems):
+        access_key_id = None
+    if secret_access_key is not None and _blank(secret_access_key, "secret_access_key", problems):
+        secret_access_key = None
+    if access_key_id is None or secret_access_key is None:
+        return None
+    return StaticCredentials(access_key_id, secret_access_key)
+
+
+def _naming(
+    data: Mapping[str, Any], trust_domain: str, problems: list[str]
+) -> tuple[str | None, ServerIdFile | ServerIdValue | None]:
+    """(key_prefix, None) for the community scheme, (None, server id source) for the built-in one."""
+    builtin_keys = [key for key in _BUILTIN_KEYS if key in data]
+    if "key_prefix" in data:
+        for key in builtin_keys:
+            problems.append(
+                f"key_prefix and {key} cannot be used together: key_prefix selects the community naming "
+                f"scheme, {key} the built-in one"
+            )
+    for first, second in (
+        ("key_identifier_file", "key_identifier_value"),
+        ("key_metadata_file", "key_identifier_file"),
+        ("key_metadata_file", "key_identifier_value"),
+    ):
+        if first in data and second in data:
+            problems.append(f"{first} and {second} cannot be used together: give one server id source")
+
+    if not builtin_keys:
+        key_prefix = _string(data, "key_prefix", problems) if "key_prefix" in data else DEFAULT_KEY_PREFIX
+        if key_prefix is None or _blank(key_prefix, "key_prefix", problems):
+            return None, None
+        problems.extend(alias_problems(CommunityScheme(key_prefix), "key_prefix"))
+        return key_prefix, None
+
+    _string(data, "key_prefix", problems)
+    trust_domain_ok = bool(trust_domain.strip())
+    if not trust_domain_ok:
+        problems.append(
+            f"trust_domain is required: the built-in naming scheme ({builtin_keys[0]}) puts it in alias names"
+        )
+    server_id: ServerIdFile | ServerIdValue | None = None
+    for key in builtin_keys:
+        value = _string(data, key, problems)
+        if value is None or _blank(value, key, problems):
+            continue
+        if key == "key_identifier_value":
+            server_id = ServerIdValue(value)
+            if trust_domain_ok:
+                problems.extend(alias_problems(BuiltinScheme(trust_domain, value), key))
+        else:
+            server_id = ServerIdFile(value)
+            if trust_domain_ok:
+                problems.extend(
+                    alias_problems(BuiltinScheme(trust_domain, _SERVER_ID_STAND_IN), "trust_domain")
+                )
+    return None, server_id
+
+
+def _key_tags(raw: object, problems: list[str]) -> dict[str, str]:
+    # HCL1 gives a dict for `key_tags = {...}` or one block, and a list of dicts for repeated blocks.
+    if isinstance(raw, dict):
+        blocks: list[dict[str, Any]] = [raw]
+    elif isinstance(raw, list) and all(isinstance(block, dict) for block in raw):
+        blocks = raw
+    else:
+        problems.append(f"key_tags must be a map of tag names to string values, not {_kind(raw)}")
+        return {}
+    tags: dict[str, str] = {}
+    seen: set[str] = set()
+    for block in blocks:
+        for key, value in block.items():
+            if key in seen:
+                problems.append(f'key_tags "{key}" is set more than once')
+                continue
+            seen.add(key)
+            tag_problems = _tag_problems(key, value)
+            if tag_problems:
+                problems.extend(tag_problems)
+            else:
+                tags[key] = value
+    if len(seen) > MAX_TAGS:
+        problems.append(f"key_tags has {len(seen)} tags: KMS allows at most {MAX_TAGS} tags per key")
+    return tags
+
+
+def _tag_problems(key: str, value: object) -> list[str]:
+    problems: list[str] = []
+    if not 1 <= len(key) <= MAX_TAG_KEY_LENGTH:
+        problems.append(
+            f'key_tags key "{key}" is invalid: tag keys must be 1 to {MAX_TAG_KEY_LENGTH} characters long'
+        )
+    if not _tag_text_ok(key):
+        problems.append(f'key_tags key "{key}" is invalid: tag keys may only contain {_TAG_CHARSET}')
+    if key.lower().startswith("aws:"):
+        problems.append(f'key_tags key "{key}" is reserved: tag keys starting with aws: belong to AWS')
+    if key.startswith(RESERVED_TAG_PREFIX_PLUGIN):
+        problems.append(
+            f'key_tags key "{key}" is reserved: tag keys starting with {RESERVED_TAG_PREFIX_PLUGIN} '
+            "belong to this plugin"
+        )
+    if not isinstance(value, str):
+        problems.append(f'key_tags "{key}" must be a string, not {_kind(value)}')
+        return problems
+    if len(value) > MAX_TAG_VALUE_LENGTH:
+        problems.append(
+            f'key_tags "{key}" has an invalid value: tag values may be at most {MAX_TAG_VALUE_LENGTH} '
+            f"characters, not {len(value)}"
+        )
+    if not _tag_text_ok(value):
+        problems.append(f'key_tags "{key}" has an invalid value: tag values may only contain {_TAG_CHARSET}')
+    return problems
+
+
+def _tag_text_ok(text: str) -> bool:
+    # KMS's pattern is [\p{L}\p{Z}\p{N}_.:/=+\-@]*: Unicode letters, separators and numbers count.
+    return all(unicodedata.category(char)[0] in "LZN" or char in _TAG_PUNCTUATION for char in text)
+
+
+def _deletion_window_days(data: Mapping[str, Any], problems: list[str]) -> int:
+    if "deletion_window_days" not in data:
+        return DEFAULT_DELETION_WINDOW_DAYS
+    days = data["deletion_window_days"]
+    # bool is an int in Python; `deletion_window_days = true` is still a mistake.
+    if not isinstance(days, int) or isinstance(days, bool):
+        problems.append(f"deletion_window_days must be a whole number of days, not {_kind(days)}")
+        return DEFAULT_DELETION_WINDOW_DAYS
+    if not MIN_DELETION_WINDOW_DAYS <= days <= MAX_DELETION_WINDOW_DAYS:
+        problems.append(
+            f"deletion_window_days must be between {MIN_DELETION_WINDOW_DAYS} and "
+            f"{MAX_DELETION_WINDOW_DAYS}, not {days}"
+        )
+    return days
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a block"
+    return type(value).__name__
+
+
+def _json_kind(value: object) -> str:
+    return "an array" if isinstance(value, list) else _kind(value)
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _read_id_file(path: str) -> str | None:
+    """The id file's text, or None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as id_file:
+            return id_file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ConfigError([f'key_identifier_file "{path}" cannot be read: {_os_reason(err)}']) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f'key_identifier_file "{path}" does not hold a server id (a UUID)']) from None
+
+
+def _parse_server_id(path: str, text: str) -> str:
+    # SPIRE's built-in plugin parses the file as a UUID and uses its canonical (lower-case) form; doing the
+    # same keeps its aliases. A trailing newline from a hand edit is forgiven.
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        # The content is not echoed: a mistyped path could point at a file holding secrets.
+        raise ConfigError([f'key_identifier_file "{path}" does not hold a server id (a UUID)']) from None
+
+
+def _create_id_file(path: str) -> str:
+    server_id = str(uuid.uuid4())
+    try:
+        # O_EXCL: never overwrite an id another process has just written.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise ConfigError([f'key_identifier_file "{path}" cannot be created: {_os_reason(err)}']) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as id_file:
+            # The umask may have taken more than we asked for; the file must stay ours to read and fix.
+            os.fchmod(id_file.fileno(), 0o600)
+            id_file.write(server_id)
+            id_file.flush()
+            os.fsync(id_file.fileno())
+    except OSError as err:
+        # An empty id file would stop the next start; leave nothing rather than that.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise ConfigError([f'key_identifier_file "{path}" cannot be written: {_os_reason(err)}']) from None
+    return server_id
+
+
+def _creatable_problems(path: str) -> list[str]:
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return [f'key_identifier_file "{path}" cannot be created: directory "{parent}" does not exist']
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f'key_identifier_file "{path}" cannot be created: directory "{parent}" is not writable']
+    return []

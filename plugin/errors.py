@@ -1,0 +1,53 @@
+"""Errors the plugin's core raises. The gRPC layer maps each kind to one status code, once."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    INVALID_ARGUMENT = "invalid argument"
+    NOT_FOUND = "not found"
+    FAILED_PRECONDITION = "failed precondition"
+    PERMISSION_DENIED = "permission denied"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline exceeded"
+    INTERNAL = "internal"
+
+
+class PluginError(Exception):
+    """An error whose message is safe to show SPIRE: it never carries a secret."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(PluginError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class NotFound(PluginError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class FailedPrecondition(PluginError):
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class PermissionDenied(PluginError):
+    kind = ErrorKind.PERMISSION_DENIED
+
+
+class Unavailable(PluginError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class DeadlineExceeded(PluginError):
+    kind = ErrorKind.DEADLINE_EXCEEDED
+
+
+class Internal(PluginError):
+    kind = ErrorKind.INTERNAL

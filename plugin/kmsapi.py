@@ -1,0 +1,134 @@
+"""The narrow view of KMS the key manager core needs, and how KMS errors become plugin errors.
+
+The core depends only on this module; `plugin.kms` implements `Kms` with boto3 and a fake implements it in
+unit tests. Keeping boto3 out of this module also keeps it out of the plugin's start-up path.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from plugin.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PluginError,
+    Unavailable,
+)
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    target_key_id: str | None
+    last_updated: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    arn: str
+    key_state: str
+    key_spec: str
+    description: str
+    creation_date: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    arn: str
+    der: bytes
+    key_spec: str
+
+
+class KmsError(Exception):
+    """A KMS call failed. `code` is the AWS error code (e.g. ThrottlingException), or one of ours for
+    failures that never reached KMS (`NoCredentials`, `Unreachable`, `Timeout`)."""
+
+    def __init__(self, operation: str, code: str, message: str) -> None:
+        super().__init__(f"{operation}: {code}: {message}")
+        self.operation = operation
+        self.code = code
+        self.message = message
+
+
+class Kms(Protocol):
+    def list_aliases(self, key_id: str | None = None) -> Iterator[Alias]: ...
+
+    def describe_key(self, key_id: str) -> KeyDescription: ...
+
+    def get_public_key(self, key_id: str) -> PublicKey: ...
+
+    def create_key(
+        self, key_spec: str, description: str, tags: Mapping[str, str], policy: str | None
+    ) -> KeyDescription: ...
+
+    def create_alias(self, alias_name: str, target_key_id: str) -> None: ...
+
+    def update_alias(self, alias_name: str, target_key_id: str) -> None: ...
+
+    def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None: ...
+
+    def sign(self, key_id: str, digest: bytes, signing_algorithm: str) -> bytes: ...
+
+
+_NOT_FOUND = {"NotFoundException"}
+_DENIED = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "IncompleteSignature",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "NoCredentials",
+}
+_PRECONDITION = {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
+_UNAVAILABLE = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "Unreachable",
+    "Timeout",
+}
+_INVALID = {
+    "ValidationException",
+    "InvalidKeyUsageException",
+    "InvalidArnException",
+    "InvalidAliasNameException",
+    "MalformedPolicyDocumentException",
+    "TagException",
+}
+
+# Codes that mean a deletion is already done or under way: nothing left to retry.
+ALREADY_GONE = {"NotFoundException", "KMSInvalidStateException"}
+
+
+def plugin_error(err: KmsError, action: str) -> PluginError:
+    """Map a KMS failure to an error a SPIRE caller can act on. `action` names what we were doing and for
+    which SPIRE key, e.g. 'sign with key "x509-CA-A"'."""
+    message = f"failed to {action}: KMS {err.operation} returned {err.code}: {err.message}"
+    code = err.code
+    if code in _NOT_FOUND:
+        return NotFound(message)
+    if code in _DENIED:
+        return PermissionDenied(message)
+    if code in _PRECONDITION:
+        return FailedPrecondition(message)
+    if code in _UNAVAILABLE or code.startswith("5"):
+        return Unavailable(message)
+    if code in _INVALID:
+        return InvalidArgument(message)
+    return Internal(message)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test from nothing: installs the pinned toolchain into .venv, builds the one-file binary the
+# integration tests drive, checks style and types, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+scripts/bootstrap.sh
+scripts/build.sh
+
+echo "== lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+echo "== tests"
+.venv/bin/pytest "$@"

@@ -1,0 +1,87 @@
+"""Fixtures for the tests of the frozen binary dist/aws-kms-keymanager (built by scripts/build.sh).
+
+Every run of the binary gets its own TMPDIR: the one-file bootloader unpacks itself there (`_MEI*`) and the
+plugin makes its socket directory there, so a test can see exactly what a run leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# PLUGIN_BINARY points the tests at another build of the binary (e.g. a release artifact), as in
+# tests/integration.
+BINARY = Path(os.environ.get("PLUGIN_BINARY") or REPO / "dist" / "aws-kms-keymanager").resolve()
+RUN_TIMEOUT = 60.0
+# Variables that would change what the binary does; the tests set them explicitly when they want them.
+_PLUGIN_ENV = ("KeyManager", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_MIN_PORT", "PLUGIN_MAX_PORT")
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    """The built binary. Missing is a failure, not a skip: these tests are the binary's acceptance."""
+    if not BINARY.is_file():
+        pytest.fail(
+            f"{BINARY} does not exist: build it first with scripts/build.sh (the tests in tests/packaging "
+            "check the frozen binary, not the sources)",
+            pytrace=False,
+        )
+    if not os.access(BINARY, os.X_OK):
+        pytest.fail(f"{BINARY} is not executable", pytrace=False)
+    return BINARY
+
+
+@pytest.fixture
+def private_tmpdir() -> Iterator[Path]:
+    """A fresh, short TMPDIR (the plugin's unix socket path must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="akm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def plugin_env(tmpdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in _PLUGIN_ENV}
+    env["TMPDIR"] = str(tmpdir)
+    env.update(extra or {})
+    return env
+
+
+def unpack_dirs(tmpdir: Path) -> list[str]:
+    return sorted(p.name for p in tmpdir.glob("_MEI*"))
+
+
+@dataclass
+class Runner:
+    binary: Path
+    tmpdir: Path
+
+    def __call__(
+        self, *args: str, env: Mapping[str, str] | None = None, replace_env: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = dict(env or {}) if replace_env else plugin_env(self.tmpdir, env)
+        full_env.setdefault("TMPDIR", str(self.tmpdir))
+        return subprocess.run(
+            [str(self.binary), *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+
+@pytest.fixture
+def run(binary: Path, private_tmpdir: Path) -> Runner:
+    """Runs the binary to completion in a private TMPDIR, without the go-plugin environment."""
+    return Runner(binary, private_tmpdir)
