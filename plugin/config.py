@@ -13,6 +13,7 @@ import os
 import re
 import types
 import unicodedata
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,14 @@ from typing import Any
 
 import hcl
 
-from plugin.naming import DEFAULT_KEY_PREFIX, AliasScheme, BuiltinScheme, CommunityScheme, alias_problems
+from plugin.naming import (
+    DEFAULT_KEY_PREFIX,
+    SPIRE_TAGS,
+    AliasScheme,
+    BuiltinScheme,
+    CommunityScheme,
+    alias_problems,
+)
 
 DEFAULT_DELETION_WINDOW_DAYS = 7
 MIN_DELETION_WINDOW_DAYS = 7
@@ -42,6 +50,12 @@ KNOWN_KEYS = (
     "key_policy_file",
     "key_tags",
     "deletion_window_days",
+    "enable_tag_based_key_discovery",
+    "role_arn",
+    "role_external_id",
+    "role_session_name",
+    "endpoint",
+    "use_fips_endpoint",
 )
 _BUILTIN_KEYS = ("key_identifier_file", "key_identifier_value", "key_metadata_file")
 
@@ -53,6 +67,11 @@ _SERVER_ID_STAND_IN = str(uuid.UUID(int=0))
 _REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 
 _TAG_PUNCTUATION = frozenset("_.:/=+-@")
+
+# IAM's own patterns for AssumeRole's parameters.
+_ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 _TAG_CHARSET = "letters, digits, spaces and _ . : / = + - @"
 
 # pyhcl's lexer quotes the offending input character in its messages; that character could belong to
@@ -66,6 +85,13 @@ DEPRECATED_KEY_METADATA_FILE = "key_metadata_file is deprecated: use key_identif
 class StaticCredentials:
     access_key_id: str
     secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AssumeRole:
+    role_arn: str
+    external_id: str | None = None
+    session_name: str = "spire-server-keymanager"
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,10 @@ class Config:
     key_tags: Mapping[str, str] = field(hash=False)
     deletion_window_days: int
     warnings: tuple[str, ...]
+    enable_tag_based_key_discovery: bool = False
+    assume_role: AssumeRole | None = None
+    endpoint: str | None = None
+    use_fips_endpoint: bool = False
 
 
 class ConfigError(Exception):
@@ -117,6 +147,9 @@ def parse_config(hcl_text: str, trust_domain: str) -> Config:
         key_policy_file = None
     key_tags = _key_tags(data["key_tags"], problems) if "key_tags" in data else {}
     deletion_window_days = _deletion_window_days(data, problems)
+    tag_discovery = _tag_discovery(data, key_tags, problems)
+    assume_role = _assume_role(data, problems)
+    endpoint, use_fips_endpoint = _endpoint(data, problems)
 
     if problems:
         # Two settings can lead to the same finding (key_metadata_file and key_identifier_file both
@@ -133,6 +166,10 @@ def parse_config(hcl_text: str, trust_domain: str) -> Config:
         key_tags=types.MappingProxyType(key_tags),
         deletion_window_days=deletion_window_days,
         warnings=(DEPRECATED_KEY_METADATA_FILE,) if "key_metadata_file" in data else (),
+        enable_tag_based_key_discovery=tag_discovery,
+        assume_role=assume_role,
+        endpoint=endpoint,
+        use_fips_endpoint=use_fips_endpoint,
     )
 
 
@@ -381,6 +418,28 @@ def _tag_text_ok(text: str) -> bool:
     return all(unicodedata.category(char)[0] in "LZN" or char in _TAG_PUNCTUATION for char in text)
 
 
+def _tag_discovery(data: Mapping[str, Any], key_tags: Mapping[str, str], problems: list[str]) -> bool:
+    key = "enable_tag_based_key_discovery"
+    enabled = data.get(key, False)
+    if not isinstance(enabled, bool):
+        problems.append(f"{key} must be true or false, not {_kind(enabled)}")
+        return False
+    if not enabled:
+        return False
+    if not any(name in data for name in _BUILTIN_KEYS):
+        problems.append(
+            f"{key} needs the built-in naming scheme, whose keys carry a trust domain and a server id: set "
+            "key_identifier_file or key_identifier_value (and not key_prefix)"
+        )
+    room = MAX_TAGS - len(SPIRE_TAGS)
+    if len(key_tags) > room:
+        problems.append(
+            f"key_tags has {len(key_tags)} tags: with {key} KMS keys also carry the {len(SPIRE_TAGS)} "
+            f"spire-* tags, so at most {room} may be given"
+        )
+    return True
+
+
 def _deletion_window_days(data: Mapping[str, Any], problems: list[str]) -> int:
     if "deletion_window_days" not in data:
         return DEFAULT_DELETION_WINDOW_DAYS
@@ -395,6 +454,56 @@ def _deletion_window_days(data: Mapping[str, Any], problems: list[str]) -> int:
             f"{MAX_DELETION_WINDOW_DAYS}, not {days}"
         )
     return days
+
+
+def _assume_role(data: Mapping[str, Any], problems: list[str]) -> AssumeRole | None:
+    role_arn = _string(data, "role_arn", problems)
+    external_id = _string(data, "role_external_id", problems)
+    session_name = _string(data, "role_session_name", problems)
+    if "role_arn" not in data:
+        for key in ("role_external_id", "role_session_name"):
+            if key in data:
+                problems.append(f"{key} is only used with role_arn, which is not set")
+        return None
+    if role_arn is None:
+        return None
+    if not _ROLE_ARN.fullmatch(role_arn):
+        problems.append(
+            f'role_arn "{role_arn}" is invalid: expected arn:<partition>:iam::<12-digit account>:role/<name>'
+        )
+    if external_id is not None and not _EXTERNAL_ID.fullmatch(external_id):
+        # The external id is a shared secret between accounts: never repeat it.
+        problems.append("role_external_id is invalid: it must be 2 to 1224 of a-z A-Z 0-9 + = , . @ : / - _")
+    if session_name is not None and not _SESSION_NAME.fullmatch(session_name):
+        problems.append(
+            f'role_session_name "{session_name}" is invalid: it must be 2 to 64 of a-z A-Z 0-9 + = , . @ - _'
+        )
+    return AssumeRole(
+        role_arn=role_arn,
+        external_id=external_id,
+        session_name=session_name or AssumeRole.session_name,
+    )
+
+
+def _endpoint(data: Mapping[str, Any], problems: list[str]) -> tuple[str | None, bool]:
+    endpoint = _string(data, "endpoint", problems)
+    if endpoint is not None:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.query or parsed.fragment:
+            problems.append(
+                f'endpoint "{endpoint}" is invalid: expected a URL such as '
+                "https://vpce-0123-abcd.kms.us-east-1.vpce.amazonaws.com"
+            )
+    use_fips = data.get("use_fips_endpoint", False)
+    if not isinstance(use_fips, bool):
+        problems.append(f"use_fips_endpoint must be true or false, not {_kind(use_fips)}")
+        use_fips = False
+    if use_fips and "endpoint" in data:
+        problems.append(
+            "endpoint and use_fips_endpoint cannot be used together: a custom endpoint is used as given, "
+            "so point endpoint at a FIPS endpoint instead"
+        )
+    return endpoint, use_fips
 
 
 def _kind(value: object) -> str:

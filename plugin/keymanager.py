@@ -1,23 +1,30 @@
 """The key manager core: SPIRE's keys, cached in memory, generated, replaced and used through KMS.
 
 No gRPC and no boto3 here. Public keys are answered from memory; only signing and key generation reach
-KMS. No lock is held across a KMS call: generating one key serialises only with other generations of the
-same key id, and never blocks signing with, or reading, the others.
+KMS. Signing and reading never wait for a lock held across a KMS call: the only such lock is the one per
+key id that serialises generating that key with generating it again, or with its heartbeat.
+
+With the built-in naming scheme each configuration also runs the background heartbeat and disposal
+(plugin.lifecycle); Configure-again replaces them, stop() ends them.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from plugin.algorithms import KeyType, SignRequest, key_spec_for, key_type_for_spec, signing_algorithm
-from plugin.errors import FailedPrecondition, NotFound, PluginError
-from plugin.kmsapi import Kms, KmsError, plugin_error
-from plugin.lifecycle import DeletionQueue
+from plugin.clock import SYSTEM_CLOCK, Clock
+from plugin.errors import ErrorKind, FailedPrecondition, NotFound, PluginError
+from plugin.keypolicy import NOT_A_ROLE_WARNING, default_key_policy
+from plugin.kmsapi import KeyDescription, Kms, KmsError, plugin_error
+from plugin.lifecycle import DeletionQueue, Housekeeper, Timings, mark_inactive
 from plugin.log import get_logger
-from plugin.naming import AliasScheme
+from plugin.naming import TAG_KEY_ID, AliasScheme, BuiltinScheme, key_id_of
 
 log = get_logger("keymanager")
 
@@ -46,6 +53,14 @@ class KeySettings:
     key_tags: Mapping[str, str]
     key_policy: str | None
     deletion_window_days: int
+    # Built-in naming scheme only: find keys by their SPIRE tags (enable_tag_based_key_discovery).
+    tag_discovery: bool = False
+    # Without key_policy, give new keys the built-in's default policy (for the role we run as).
+    default_key_policy: bool = False
+
+    @property
+    def discovers_by_tag(self) -> bool:
+        return self.tag_discovery and isinstance(self.scheme, BuiltinScheme)
 
 
 @dataclass
@@ -57,10 +72,23 @@ class _State:
     kms: Kms
     keys: dict[str, ManagedKey]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The default key policy once STS told us who we are: (policy,), the policy being None for KMS's own.
+    default_policy: tuple[str | None] | None = None
 
 
-def load_keys(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
-    """Every key this server owns: the aliases under its prefix, each with its public key."""
+def load_keys(
+    kms: Kms, scheme: AliasScheme, tag_discovery: bool = False, now: datetime.datetime | None = None
+) -> dict[str, ManagedKey]:
+    """Every key this server owns: the aliases under its prefix, each with its public key; with tag-based
+    discovery (built-in scheme) also the keys tagged as this server's, and keys found only by alias are
+    tagged (migration)."""
+    keys = _load_by_alias(kms, scheme)
+    if tag_discovery and isinstance(scheme, BuiltinScheme):
+        _load_by_tag(kms, scheme, keys, now or SYSTEM_CLOCK.now())
+    return keys
+
+
+def _load_by_alias(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
     keys: dict[str, ManagedKey] = {}
     try:
         for alias in kms.list_aliases():
@@ -98,17 +126,144 @@ def load_keys(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
     return keys
 
 
+def _load_by_tag(
+    kms: Kms, scheme: BuiltinScheme, keys: dict[str, ManagedKey], now: datetime.datetime
+) -> None:
+    """Adds the keys tagged as this server's whose alias is missing, and tags the keys found by alias
+    that lack the tags. Where an alias and a tag disagree the alias wins: it is written last when a key
+    is replaced, so a tagged key no alias points at is a replaced one, left to the disposal sweep."""
+    try:
+        tagged = list(kms.get_resources(scheme.own_tag_filter()))
+    except KmsError as err:
+        hint = ""
+        if plugin_error(err, "").kind is ErrorKind.PERMISSION_DENIED:
+            hint = (
+                " (tag-based key discovery needs the tag:GetResources permission in an identity-based IAM "
+                "policy; a key policy cannot grant it)"
+            )
+        raise plugin_error(err, f'find the keys of server "{scheme.server_id}" by tag{hint}') from None
+    tagged_ids = {key_id_of(resource.arn) for resource in tagged}
+    for key in keys.values():
+        if key_id_of(key.key_arn) in tagged_ids:
+            continue
+        try:
+            kms.tag_resource(key.key_arn, scheme.spire_tags(key.key_id, int(now.timestamp())))
+            log.info(
+                "Tagged a key found by alias, for tag-based discovery", key_id=key.key_id, key_arn=key.key_arn
+            )
+        except KmsError as err:
+            # The key works without its tags; the heartbeat tags it again.
+            log.warn("Failed to tag a key found by alias; will retry", key_arn=key.key_arn, error=str(err))
+    found: dict[str, list[KeyDescription]] = {}
+    try:
+        for resource in tagged:
+            key_id = resource.tags.get(TAG_KEY_ID)
+            if not key_id:
+                log.warn(
+                    "Ignoring a key tagged as this server's without a spire-key-id tag", key_arn=resource.arn
+                )
+                continue
+            if key_id in keys:
+                continue
+            description = kms.describe_key(resource.arn)
+            if description.key_state != ENABLED or key_type_for_spec(description.key_spec) is None:
+                log.warn(
+                    "Ignoring a key tagged as this server's that SPIRE cannot use",
+                    key_id=key_id,
+                    key_arn=description.arn,
+                    key_state=description.key_state,
+                    key_spec=description.key_spec,
+                )
+                continue
+            found.setdefault(key_id, []).append(description)
+        for key_id, descriptions in found.items():
+            newest = max(
+                descriptions,
+                key=lambda d: d.creation_date or datetime.datetime.min.replace(tzinfo=datetime.UTC),
+            )
+            key_type = key_type_for_spec(newest.key_spec)
+            assert key_type is not None  # filtered above
+            public_key = kms.get_public_key(newest.arn)
+            alias = scheme.alias_for(key_id)
+            keys[key_id] = ManagedKey(
+                key_id, key_type, newest.arn, alias, public_key.der, fingerprint(public_key.der)
+            )
+            # The heartbeat, which runs right after start-up, gives it its alias back.
+            log.warn("Key found by tag has no alias", key_id=key_id, key_arn=newest.arn, alias=alias)
+    except KmsError as err:
+        raise plugin_error(err, f'load the keys of server "{scheme.server_id}" found by tag') from None
+
+
+class _StateView:
+    """One configuration's keys, as the background work sees them (plugin.lifecycle.KeyView)."""
+
+    def __init__(self, manager: KeyManager, state: _State) -> None:
+        self._manager = manager
+        self._state = state
+
+    def live_keys(self) -> Sequence[ManagedKey]:
+        return list(self._state.keys.values())
+
+    def current(self, key_id: str) -> ManagedKey | None:
+        return self._state.keys.get(key_id)
+
+    @contextmanager
+    def hold(self, key_id: str) -> Iterator[bool]:
+        lock = self._manager._generation_lock(key_id)
+        held = lock.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                lock.release()
+
+
 class KeyManager:
-    def __init__(self, deletions: DeletionQueue) -> None:
+    def __init__(
+        self, deletions: DeletionQueue, clock: Clock = SYSTEM_CLOCK, timings: Timings | None = None
+    ) -> None:
         self._deletions = deletions
+        self._clock = clock
+        self._timings = timings or Timings()
         self._state: _State | None = None
+        self._housekeeper: Housekeeper | None = None
         self._generation_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
     def configure(self, settings: KeySettings, kms: Kms) -> None:
-        keys = load_keys(kms, settings.scheme)
-        self._state = _State(settings=settings, kms=kms, keys=keys)
-        log.info("Keys loaded from KMS", count=len(keys), alias_prefix=settings.scheme.alias_prefix)
+        keys = load_keys(kms, settings.scheme, settings.discovers_by_tag, self._clock.now())
+        state = _State(settings=settings, kms=kms, keys=keys)
+        housekeeper = None
+        scheme = settings.scheme
+        if isinstance(scheme, BuiltinScheme):
+            housekeeper = Housekeeper(
+                kms,
+                scheme,
+                _StateView(self, state),
+                self._deletions,
+                settings.deletion_window_days,
+                settings.discovers_by_tag,
+                self._clock,
+                self._timings,
+            )
+        with self._locks_lock:
+            self._state = state
+            previous, self._housekeeper = self._housekeeper, housekeeper
+        if previous is not None:
+            previous.stop()
+        if housekeeper is not None:
+            housekeeper.start()
+        log.info(
+            "Keys loaded from KMS",
+            count=len(keys),
+            alias_prefix=scheme.alias_prefix,
+            tag_discovery=settings.discovers_by_tag,
+        )
+
+    @property
+    def housekeeper(self) -> Housekeeper | None:
+        """The current configuration's background heartbeat and disposal (built-in scheme only)."""
+        return self._housekeeper
 
     def _current(self) -> _State:
         state = self._state
@@ -148,8 +303,8 @@ class KeyManager:
                 created = state.kms.create_key(
                     key_spec_for(key_type),
                     settings.scheme.description_for(key_id),
-                    settings.key_tags,
-                    settings.key_policy,
+                    self._tags_for(settings, key_id),
+                    self._policy_for(state, key_id),
                 )
             except KmsError as err:
                 raise plugin_error(err, f'create a key for "{key_id}"') from None
@@ -174,10 +329,42 @@ class KeyManager:
             self._commit(state, key)
         if replaced_arn and replaced_arn != created.arn:
             self._deletions.enqueue(
-                state.kms, replaced_arn, settings.deletion_window_days, f"replaced {key_id}"
+                state.kms,
+                replaced_arn,
+                settings.deletion_window_days,
+                f"replaced {key_id}",
+                settings.discovers_by_tag,
             )
         log.info("Key generated", key_id=key_id, key_type=key_type.name, key_arn=created.arn, alias=alias)
         return key
+
+    def _tags_for(self, settings: KeySettings, key_id: str) -> Mapping[str, str]:
+        scheme = settings.scheme
+        if not settings.discovers_by_tag or not isinstance(scheme, BuiltinScheme):
+            return settings.key_tags
+        # Stamped at creation, so a key whose server dies before its first heartbeat still ages.
+        return {**settings.key_tags, **scheme.spire_tags(key_id, int(self._clock.now().timestamp()))}
+
+    def _policy_for(self, state: _State, key_id: str) -> str | None:
+        settings = state.settings
+        if settings.key_policy is not None or not settings.default_key_policy:
+            return settings.key_policy
+        known = state.default_policy
+        if known is not None:
+            return known[0]
+        try:
+            identity = state.kms.caller_identity()
+        except KmsError as err:
+            raise plugin_error(
+                err, f'learn the caller identity for the default key policy of "{key_id}"'
+            ) from None
+        policy = default_key_policy(identity.arn)
+        if policy is None:
+            log.warn(NOT_A_ROLE_WARNING, caller_arn=identity.arn)
+        else:
+            log.info("New keys get the default key policy for the role", caller_arn=identity.arn)
+        state.default_policy = (policy,)
+        return policy
 
     def _point_alias(self, state: _State, key_id: str, alias: str, key_arn: str) -> str | None:
         """Point the alias at the new key; returns the ARN of the key it pointed at before, if any."""
@@ -204,16 +391,24 @@ class KeyManager:
 
     def _discard(self, state: _State, key_arn: str, key_id: str) -> None:
         """Roll back a half-made key so no key is left behind unmanaged."""
+        settings = state.settings
         try:
-            state.kms.schedule_key_deletion(key_arn, state.settings.deletion_window_days)
+            state.kms.schedule_key_deletion(key_arn, settings.deletion_window_days)
             log.warn("Rolled back a key that could not be put in place", key_id=key_id, key_arn=key_arn)
         except KmsError as err:
             log.warn(
                 "Roll-back deletion failed; queued for retry", key_id=key_id, key_arn=key_arn, error=str(err)
             )
             self._deletions.enqueue(
-                state.kms, key_arn, state.settings.deletion_window_days, f"roll back {key_id}"
+                state.kms,
+                key_arn,
+                settings.deletion_window_days,
+                f"roll back {key_id}",
+                settings.discovers_by_tag,
             )
+            return
+        if settings.discovers_by_tag:
+            mark_inactive(state.kms, key_arn)
 
     def _commit(self, used: _State, key: ManagedKey) -> None:
         # A Configure may have replaced the state while KMS was creating the key; the new state loaded
@@ -227,4 +422,8 @@ class KeyManager:
                 state.keys = {**state.keys, key.key_id: key}
 
     def stop(self) -> None:
+        with self._locks_lock:
+            housekeeper, self._housekeeper = self._housekeeper, None
+        if housekeeper is not None:
+            housekeeper.stop()
         self._deletions.stop()

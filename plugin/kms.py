@@ -1,73 +1,33 @@
-"""The KMS adapter: the only module that imports boto3. One method per KMS operation the core needs;
-botocore failures become `KmsError` with the AWS error code, and nothing else leaks upward."""
+"""The KMS adapter. One method per KMS operation the core needs; botocore failures become `KmsError`
+with the AWS error code, and nothing else leaks upward. The client itself (credentials, endpoints, retry
+and deadline policy) comes from `plugin.awsclient`; these two are the only modules that import boto3."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-import boto3
-import botocore.config
-import botocore.exceptions
-
-from plugin.kmsapi import Alias, KeyDescription, KmsError, PublicKey
+from plugin.awsclient import AwsClients, ClientSettings, translate
+from plugin.kmsapi import Alias, CallerIdentity, KeyDescription, PublicKey, TaggedResource
 
 T = TypeVar("T")
 
-# SPIRE gives every KeyManager call 30 s. Three attempts with these timeouts, plus the SDK's backoff,
-# fit inside it; a call that still fails is reported rather than left to overrun SPIRE's deadline.
-CONNECT_TIMEOUT_SECONDS = 3
-READ_TIMEOUT_SECONDS = 8
-MAX_ATTEMPTS = 3
 LIST_PAGE_SIZE = 100
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    region: str
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+LIST_KEYS_PAGE_SIZE = 1000
 
 
 def _call(operation: str, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except botocore.exceptions.ClientError as err:
-        error = err.response.get("Error", {})
-        code = str(error.get("Code") or err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        raise KmsError(operation, code or "Unknown", str(error.get("Message", ""))) from None
-    except botocore.exceptions.NoCredentialsError:
-        raise KmsError(
-            operation, "NoCredentials", "no AWS credentials were found in the configuration or environment"
-        ) from None
-    except (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError) as err:
-        raise KmsError(operation, "Timeout", str(err)) from None
-    except botocore.exceptions.EndpointConnectionError as err:
-        raise KmsError(operation, "Unreachable", str(err)) from None
-    except botocore.exceptions.BotoCoreError as err:
-        raise KmsError(operation, type(err).__name__, str(err)) from None
+    result: T = translate(operation, fn)
+    return result
 
 
 class Boto3Kms:
     """Implements `plugin.kmsapi.Kms` against AWS KMS (or any endpoint botocore is pointed at)."""
 
     def __init__(self, settings: ClientSettings) -> None:
-        session = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            region_name=settings.region,
-        )
-        self._client: Any = session.client(
-            "kms",
-            config=botocore.config.Config(
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                read_timeout=READ_TIMEOUT_SECONDS,
-                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-                max_pool_connections=32,
-            ),
-        )
+        self._clients = AwsClients(settings)
+        self._client: Any = self._clients.kms
 
     def list_aliases(self, key_id: str | None = None) -> Iterator[Alias]:
         request: dict[str, Any] = {"Limit": LIST_PAGE_SIZE}
@@ -133,6 +93,47 @@ class Boto3Kms:
         )
         signature: bytes = answer["Signature"]
         return signature
+
+    # -- key lifecycle: heartbeat, disposal, tag-based discovery, default key policy --------------------
+
+    def list_keys(self) -> Iterator[str]:
+        request: dict[str, Any] = {"Limit": LIST_KEYS_PAGE_SIZE}
+        while True:
+            page = _call("ListKeys", lambda: self._client.list_keys(**request))
+            for entry in page.get("Keys", []):
+                yield entry["KeyArn"]
+            if not page.get("Truncated") or not page.get("NextMarker"):
+                return
+            request["Marker"] = page["NextMarker"]
+
+    def delete_alias(self, alias_name: str) -> None:
+        _call("DeleteAlias", lambda: self._client.delete_alias(AliasName=alias_name))
+
+    def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None:
+        pairs = [{"TagKey": k, "TagValue": v} for k, v in tags.items()]
+        _call("TagResource", lambda: self._client.tag_resource(KeyId=key_id, Tags=pairs))
+
+    def get_resources(self, tag_filter: Mapping[str, Sequence[str]]) -> Iterator[TaggedResource]:
+        tagging = self._clients.client("resourcegroupstaggingapi")
+        request: dict[str, Any] = {
+            "ResourceTypeFilters": ["kms:key"],
+            "TagFilters": [{"Key": key, "Values": list(values)} for key, values in tag_filter.items()],
+            "ResourcesPerPage": LIST_PAGE_SIZE,
+        }
+        while True:
+            page = _call("GetResources", lambda: tagging.get_resources(**request))
+            for entry in page.get("ResourceTagMappingList", []):
+                tags = {tag["Key"]: tag.get("Value", "") for tag in entry.get("Tags", [])}
+                yield TaggedResource(arn=entry["ResourceARN"], tags=tags)
+            token = page.get("PaginationToken")
+            if not token:
+                return
+            request["PaginationToken"] = token
+
+    def caller_identity(self) -> CallerIdentity:
+        sts = self._clients.client("sts")
+        answer = _call("GetCallerIdentity", lambda: sts.get_caller_identity())
+        return CallerIdentity(account=str(answer["Account"]), arn=str(answer["Arn"]))
 
 
 def _description(metadata: Mapping[str, Any]) -> KeyDescription:

@@ -7,7 +7,7 @@ unit tests. Keeping boto3 out of this module also keeps it out of the plugin's s
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +45,22 @@ class PublicKey:
     key_spec: str
 
 
+@dataclass(frozen=True)
+class TaggedResource:
+    """One KMS key as the Resource Groups Tagging API lists it."""
+
+    arn: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """STS GetCallerIdentity: who the plugin's credentials are."""
+
+    account: str
+    arn: str
+
+
 class KmsError(Exception):
     """A KMS call failed. `code` is the AWS error code (e.g. ThrottlingException), or one of ours for
     failures that never reached KMS (`NoCredentials`, `Unreachable`, `Timeout`)."""
@@ -75,6 +91,23 @@ class Kms(Protocol):
 
     def sign(self, key_id: str, digest: bytes, signing_algorithm: str) -> bytes: ...
 
+    # Key lifecycle (heartbeat, disposal, tag-based discovery, default key policy).
+
+    def list_keys(self) -> Iterator[str]:
+        """The ARN of every key in the account and region (every page)."""
+        ...
+
+    def delete_alias(self, alias_name: str) -> None: ...
+
+    def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None: ...
+
+    def get_resources(self, tag_filter: Mapping[str, Sequence[str]]) -> Iterator[TaggedResource]:
+        """KMS keys carrying every tag key of `tag_filter` with one of its values (Resource Groups
+        Tagging API GetResources, every page)."""
+        ...
+
+    def caller_identity(self) -> CallerIdentity: ...
+
 
 _NOT_FOUND = {"NotFoundException"}
 _DENIED = {
@@ -95,6 +128,9 @@ _UNAVAILABLE = {
     "TooManyRequestsException",
     "RequestLimitExceeded",
     "LimitExceededException",
+    "ThrottledException",
+    "InternalServiceException",
+    "PaginationTokenExpiredException",
     "KMSInternalException",
     "DependencyTimeoutException",
     "InternalFailure",
@@ -110,6 +146,7 @@ _INVALID = {
     "InvalidAliasNameException",
     "MalformedPolicyDocumentException",
     "TagException",
+    "InvalidParameterException",
 }
 
 # Codes that mean a deletion is already done or under way: nothing left to retry.

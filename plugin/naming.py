@@ -22,6 +22,15 @@ DEFAULT_KEY_PREFIX = "SPIRE_SERVER_KEY/"
 BUILTIN_ALIAS_ROOT = "alias/SPIRE_SERVER/"
 BUILTIN_DESCRIPTION_ROOT = "SPIRE_SERVER_KEY/"
 
+# Tags of SPIRE's built-in aws_kms with enable_tag_based_key_discovery, spelled as it spells them, so that
+# both plugins find, keep alive and reclaim each other's keys alike.
+TAG_TRUST_DOMAIN = "spire-server-td"  # the trust domain as configured (dots kept)
+TAG_SERVER_ID = "spire-server-id"
+TAG_KEY_ID = "spire-key-id"  # the SPIRE key id, not encoded
+TAG_LAST_UPDATE = "spire-last-update"  # Unix seconds, refreshed by the heartbeat
+TAG_ACTIVE = "spire-active"  # "true" while managed; "false" once scheduled for deletion
+SPIRE_TAGS = (TAG_TRUST_DOMAIN, TAG_SERVER_ID, TAG_KEY_ID, TAG_LAST_UPDATE, TAG_ACTIVE)
+
 # The longest key id SPIRE itself asks for (x509-CA-A and friends are shorter). ACME bundle keys
 # (bundle-acme-<id>) can be longer, so their aliases are checked when they are made, not here.
 LONGEST_FIXED_KEY_ID = "JWT-Signer-A"
@@ -140,6 +149,40 @@ class BuiltinScheme:
     def description_for(self, key_id: str) -> str:
         # Unencoded key id: this is what SPIRE's built-in plugin writes.
         return self.trust_domain_description_prefix + key_id
+
+    def is_other_servers_alias(self, alias_name: str) -> bool:
+        """An alias of another server of this trust domain. Both prefixes end in "/", so neither
+        example.org2 nor server10 passes for example.org or server1."""
+        return alias_name.startswith(self.trust_domain_alias_prefix) and self.key_id_for(alias_name) is None
+
+    def is_trust_domain_description(self, description: str) -> bool:
+        return description.startswith(self.trust_domain_description_prefix)
+
+    def spire_tags(self, key_id: str, last_update: int) -> dict[str, str]:
+        """The tags that make a key discoverable by tag (enable_tag_based_key_discovery)."""
+        return {
+            TAG_TRUST_DOMAIN: self.trust_domain,
+            TAG_SERVER_ID: self.server_id,
+            TAG_ACTIVE: "true",
+            TAG_KEY_ID: key_id,
+            TAG_LAST_UPDATE: str(last_update),
+        }
+
+    def own_tag_filter(self) -> dict[str, list[str]]:
+        """GetResources filter for this server's managed keys."""
+        return {TAG_TRUST_DOMAIN: [self.trust_domain], TAG_SERVER_ID: [self.server_id], TAG_ACTIVE: ["true"]}
+
+    def trust_domain_tag_filter(self, active_only: bool) -> dict[str, list[str]]:
+        """GetResources filter for the keys of every server of this trust domain."""
+        tag_filter = {TAG_TRUST_DOMAIN: [self.trust_domain]}
+        if active_only:
+            tag_filter[TAG_ACTIVE] = ["true"]
+        return tag_filter
+
+
+def key_id_of(key: str) -> str:
+    """The bare key id of a key ARN (arn:<partition>:kms:<region>:<account>:key/<id>) or of a key id."""
+    return key.rsplit(":key/", 1)[-1]
 
 
 def alias_problems(scheme: AliasScheme, setting: str) -> list[str]:

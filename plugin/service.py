@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 import grpc
 
 from plugin import config as plugin_config
+from plugin import deadline
 from plugin import log as plugin_log
 from plugin.algorithms import parse_key_type
 from plugin.errors import ErrorKind, InvalidArgument, PluginError
 from plugin.keymanager import KeyManager, KeySettings, ManagedKey
 from plugin.kmsapi import Kms
 from plugin.lifecycle import DeletionQueue
+from plugin.naming import BuiltinScheme
 from proto_gen.spire.config import config_pb2, config_pb2_grpc
 from proto_gen.spire.init import init_pb2, init_pb2_grpc
 from proto_gen.spire.keymanager import keymanager_pb2, keymanager_pb2_grpc
@@ -53,7 +55,8 @@ def _rpc(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with deadline.scope(context.time_remaining()):
+                return method(self, request, context)
         except PluginError as err:
             level = log.warn if err.kind is ErrorKind.INTERNAL else log.debug
             level("Request failed", method=method.__name__, code=err.kind.name, error=err.message)
@@ -115,6 +118,9 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
             key_tags=dict(config.key_tags),
             key_policy=policy,
             deletion_window_days=config.deletion_window_days,
+            tag_discovery=config.enable_tag_based_key_discovery,
+            # As SPIRE's built-in aws_kms: without key_policy_file, a policy for the role we run as.
+            default_key_policy=isinstance(scheme, BuiltinScheme),
         )
         self._keys.configure(settings, self._kms_factory(config))
         log.info(
@@ -190,14 +196,19 @@ class KeyManagerService(keymanager_pb2_grpc.KeyManagerServicer):
 def boto3_kms(config: plugin_config.Config) -> Kms:
     # Imported here, not at module level: boto3 takes a quarter of a second to import, and SPIRE is
     # waiting for the handshake line until the gRPC server is up.
-    from plugin.kms import Boto3Kms, ClientSettings
+    from plugin.awsclient import AssumeRole, ClientSettings
+    from plugin.kms import Boto3Kms
 
     credentials = config.credentials
+    role = config.assume_role
     return Boto3Kms(
         ClientSettings(
             region=config.region,
             access_key_id=credentials.access_key_id if credentials else None,
             secret_access_key=credentials.secret_access_key if credentials else None,
+            endpoint=config.endpoint,
+            use_fips_endpoint=config.use_fips_endpoint,
+            assume_role=AssumeRole(role.role_arn, role.external_id, role.session_name) if role else None,
         )
     )
 

@@ -1,9 +1,10 @@
 """Override of pyinstaller-hooks-contrib's hook-botocore (hooks in build.spec's hookspath take precedence).
 
 The contrib hook collects all of botocore's data: ~2,000 service models, unpacked at every start of the
-one-file binary. The plugin only creates `kms` and `sts` clients; botocore's default credential chain
-creates `sts` (web identity, assume role), `sso` (SSO profiles), `sso-oidc` (SSO token refresh) and `signin`
-(`aws login` profiles). Everything else is dropped, and so are the `examples-1.json` files (documentation).
+one-file binary. The plugin only creates `kms`, `sts` and `resourcegroupstaggingapi` (tag-based key
+discovery) clients; botocore's default credential chain creates `sts` (web identity, assume role), `sso`
+(SSO profiles), `sso-oidc` (SSO token refresh) and `signin` (`aws login` profiles). Everything else is
+dropped, and so are the `examples-1.json` files (documentation).
 
 The build fails when a file listed here is missing, so a botocore upgrade that moves one is noticed at build
 time and not at the first KMS call in production.
@@ -24,7 +25,7 @@ KEEP_FILES = {
     "data/_retry.json",
 }
 # Services whose models (service-2, endpoint-rule-set-1, paginators-1, ...) are kept.
-KEEP_SERVICES = {"kms", "sts", "sso", "sso-oidc", "signin"}
+KEEP_SERVICES = {"kms", "sts", "resourcegroupstaggingapi", "sso", "sso-oidc", "signin"}
 DROP_NAMES = {"examples-1.json"}
 
 hiddenimports = ["html.parser"]  # same as the contrib hook: botocore parses some XML error bodies with it

@@ -794,3 +794,16 @@ def test_emulator_is_not_reachable_on_other_addresses(emulator: EmulatorProcess)
         pytest.skip("no non-loopback IPv4 address")
     with pytest.raises(OSError):
         socket.create_connection((address, emulator.port), timeout=2).close()
+
+
+def test_probabilistic_fault_hits_about_that_share_of_calls(kms: Any, control: EmulatorControl) -> None:
+    control.add_fault("ListKeys", count=-1, probability=0.3)
+    throttled = 0
+    for _ in range(200):
+        try:
+            kms.list_keys(Limit=1)
+        except ClientError as err:
+            assert err.response["Error"]["Code"] == "ThrottlingException"
+            throttled += 1
+    assert 30 <= throttled <= 95, throttled
+    assert control.calls()["ListKeys"] == 200

@@ -244,6 +244,7 @@ def test_kms_errors_reach_spire_as_actionable_codes(
 ) -> None:
     plugin.generate_key("x509-CA-A", km.EC_P256)
     emulator.add_fault("Sign", error=fault, count=-1)
+    plugin.call_timeout = 4.0  # a persistent throttle is retried until the deadline
     error = rpc_error(lambda: plugin.sign_data("x509-CA-A", digest_of(km.SHA256), hash_algorithm=km.SHA256))
     assert error.code() == code
     assert '"x509-CA-A"' in error.details() and fault in error.details()

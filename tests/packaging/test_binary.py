@@ -155,8 +155,9 @@ def bundle(binary: Path) -> Bundle:
 def test_botocore_data_is_trimmed_to_what_the_plugin_uses(bundle: Bundle) -> None:
     data = {name for name in bundle.files if name.startswith("botocore/")}
     services = {name.split("/")[2] for name in data if name.count("/") == 4}
-    # kms and sts for the plugin; sso, sso-oidc and signin for botocore's default credential chain.
-    assert services == {"kms", "sts", "sso", "sso-oidc", "signin"}
+    # kms, sts and the tagging API for the plugin; sso, sso-oidc and signin for botocore's default
+    # credential chain.
+    assert services == {"kms", "sts", "resourcegroupstaggingapi", "sso", "sso-oidc", "signin"}
     for needed in ("endpoints.json", "partitions.json", "sdk-default-configuration.json", "_retry.json"):
         assert f"botocore/data/{needed}" in data
     assert "botocore/cacert.pem" in data

@@ -1,5 +1,6 @@
 """An in-memory `plugin.kmsapi.Kms` for unit tests of the core: real key pairs (so signatures verify),
-KMS's key states and alias rules, call counting, and failures injected per operation."""
+KMS's key states and alias rules, alias and key dates from a clock the test controls, tags and the tagging
+API's GetResources, STS's caller identity, call counting, and failures injected per operation."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import datetime
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from plugin.kmsapi import Alias, KeyDescription, KmsError, PublicKey
+from plugin.clock import SYSTEM_CLOCK, Clock
+from plugin.kmsapi import Alias, CallerIdentity, KeyDescription, KmsError, PublicKey, TaggedResource
 
 ACCOUNT = "111122223333"
 REGION = "us-east-1"
@@ -44,11 +46,15 @@ class FakeKey:
 
 
 class FakeKms:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.keys: dict[str, FakeKey] = {}
-        self.aliases: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}  # alias name -> key ARN
+        self.alias_updated: dict[str, datetime.datetime] = {}
         self.calls: Counter[str] = Counter()
+        self.caller_arn = f"arn:aws:iam::{ACCOUNT}:user/spire"
         self._failures: dict[str, list[KmsError]] = {}
+        self._always: dict[str, str] = {}
         self.hooks: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
 
@@ -59,8 +65,40 @@ class FakeKms:
             KmsError(operation, code, "injected failure") for _ in range(times)
         )
 
+    def fail_always(self, operation: str, code: str) -> None:
+        """Fail every call of the operation until clear_failures()."""
+        with self._lock:
+            self._always[operation] = code
+
+    def clear_failures(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            self._always.clear()
+
     def live_keys(self) -> list[FakeKey]:
-        return [k for k in self.keys.values() if k.state != "PendingDeletion"]
+        return [k for k in list(self.keys.values()) if k.state != "PendingDeletion"]
+
+    def add_key(
+        self,
+        description: str,
+        tags: Mapping[str, str] | None = None,
+        created: datetime.datetime | None = None,
+        alias: str | None = None,
+        alias_updated: datetime.datetime | None = None,
+        spec: str = "ECC_NIST_P256",
+    ) -> FakeKey:
+        """A key as another server (or a crash) left it, with the dates the test chooses."""
+        key = self._make_key(spec, description, tags or {}, None)
+        if created is not None:
+            key.created = created
+        if alias is not None:
+            self.aliases[alias] = key.arn
+            self.alias_updated[alias] = alias_updated or key.created
+        return key
+
+    def target(self, alias_name: str) -> FakeKey | None:
+        arn = self.aliases.get(alias_name)
+        return self.keys.get(arn) if arn else None
 
     def _enter(self, operation: str) -> None:
         self.calls[operation] += 1
@@ -71,6 +109,9 @@ class FakeKms:
             pending = self._failures.get(operation)
             if pending:
                 raise pending.pop(0)
+            code = self._always.get(operation)
+            if code is not None:
+                raise KmsError(operation, code, "injected failure")
 
     def _key(self, operation: str, key_id: str) -> FakeKey:
         arn = self.aliases.get(key_id, key_id)
@@ -91,9 +132,14 @@ class FakeKms:
 
     def list_aliases(self, key_id: str | None = None) -> Iterator[Alias]:
         self._enter("ListAliases")
-        for name, target in sorted(self.aliases.items()):
-            if key_id is None or target == key_id:
-                yield Alias(name=name, target_key_id=target.rsplit("/", 1)[1])
+        wanted = self._key("ListAliases", key_id).arn if key_id is not None else None
+        for name, target in sorted(dict(self.aliases).items()):
+            if wanted is None or target == wanted:
+                yield Alias(
+                    name=name,
+                    target_key_id=target.rsplit("/", 1)[1],
+                    last_updated=self.alias_updated.get(name),
+                )
 
     def describe_key(self, key_id: str) -> KeyDescription:
         self._enter("DescribeKey")
@@ -110,26 +156,43 @@ class FakeKms:
         self, key_spec: str, description: str, tags: Mapping[str, str], policy: str | None
     ) -> KeyDescription:
         self._enter("CreateKey")
+        key = self._make_key(key_spec, description, tags, policy)
+        return KeyDescription(key.arn, key.state, key_spec, description, key.created)
+
+    def _make_key(
+        self, key_spec: str, description: str, tags: Mapping[str, str], policy: str | None
+    ) -> FakeKey:
         private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
         if key_spec in _CURVES:
             private = ec.generate_private_key(_CURVES[key_spec][0])
         else:
             private = rsa.generate_private_key(65537, int(key_spec.split("_")[1]))
         arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{uuid.uuid4()}"
-        self.keys[arn] = FakeKey(arn, key_spec, description, dict(tags), policy, private)
-        return KeyDescription(arn, "Enabled", key_spec, description)
+        key = FakeKey(arn, key_spec, description, dict(tags), policy, private, created=self.clock.now())
+        self.keys[arn] = key
+        return key
 
     def create_alias(self, alias_name: str, target_key_id: str) -> None:
         self._enter("CreateAlias")
         if alias_name in self.aliases:
             raise KmsError("CreateAlias", "AlreadyExistsException", f"{alias_name} already exists")
-        self.aliases[alias_name] = self._key("CreateAlias", target_key_id).arn
+        key = self._key("CreateAlias", target_key_id)
+        self._not_pending("CreateAlias", key)
+        self.aliases[alias_name] = key.arn
+        self.alias_updated[alias_name] = self.clock.now()
 
     def update_alias(self, alias_name: str, target_key_id: str) -> None:
         self._enter("UpdateAlias")
         if alias_name not in self.aliases:
             raise KmsError("UpdateAlias", "NotFoundException", f"{alias_name} does not exist")
-        self.aliases[alias_name] = self._key("UpdateAlias", target_key_id).arn
+        key = self._key("UpdateAlias", target_key_id)
+        self._not_pending("UpdateAlias", key)
+        self.aliases[alias_name] = key.arn
+        self.alias_updated[alias_name] = self.clock.now()
+
+    def _not_pending(self, operation: str, key: FakeKey) -> None:
+        if key.state == "PendingDeletion":
+            raise KmsError(operation, "KMSInvalidStateException", f"{key.arn} is pending deletion.")
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None:
         self._enter("ScheduleKeyDeletion")
@@ -153,3 +216,30 @@ class FakeKms:
             pss = padding.PSS(mgf=padding.MGF1(_HASHES[bits]), salt_length=_HASHES[bits].digest_size)
             return key.private.sign(digest, pss, chosen)
         return key.private.sign(digest, padding.PKCS1v15(), chosen)
+
+    def list_keys(self) -> Iterator[str]:
+        self._enter("ListKeys")
+        yield from sorted(self.keys)
+
+    def delete_alias(self, alias_name: str) -> None:
+        self._enter("DeleteAlias")
+        if self.aliases.pop(alias_name, None) is None:
+            raise KmsError("DeleteAlias", "NotFoundException", f"{alias_name} does not exist")
+        self.alias_updated.pop(alias_name, None)
+
+    def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None:
+        self._enter("TagResource")
+        key = self._key("TagResource", key_id)
+        # KMS refuses to tag a key pending deletion; the plugin must cope with it.
+        self._not_pending("TagResource", key)
+        key.tags.update(tags)
+
+    def get_resources(self, tag_filter: Mapping[str, Sequence[str]]) -> Iterator[TaggedResource]:
+        self._enter("GetResources")
+        for arn, key in sorted(dict(self.keys).items()):
+            if all(key.tags.get(name) in values for name, values in tag_filter.items()):
+                yield TaggedResource(arn, dict(key.tags))
+
+    def caller_identity(self) -> CallerIdentity:
+        self._enter("GetCallerIdentity")
+        return CallerIdentity(ACCOUNT, self.caller_arn)

@@ -200,6 +200,10 @@ def test_only_this_servers_aliases_are_loaded(kms: FakeKms, deletions: DeletionQ
     (only,) = reloaded.get_public_keys()
     assert only == servers["server1"].get_public_key("x509-CA-A")
     assert only.alias == "alias/SPIRE_SERVER/example_org/server1/x509-CA-A"
+    for keys in (*servers.values(), other_td, reloaded):
+        housekeeper = keys.housekeeper
+        assert housekeeper is not None, "the built-in scheme runs the heartbeat and disposal"
+        housekeeper.stop()
 
 
 def test_acme_key_ids_round_trip_through_alias_encoding(

@@ -64,9 +64,11 @@ class EmulatorControl:
         message: str = "Rate exceeded",
         count: int = 1,
         delay_ms: int = 0,
+        probability: float = 1.0,
     ) -> None:
         """Make the next `count` calls of `operation` ("Sign", an STS Action, or "*") fail with `error`
-        after `delay_ms`; error=None only delays the real answer; count=-1 lasts until clear_faults()."""
+        after `delay_ms`; error=None only delays the real answer; count=-1 lasts until clear_faults();
+        probability < 1 faults only that share of the matching calls."""
         self._request(
             "POST",
             "faults",
@@ -77,6 +79,7 @@ class EmulatorControl:
                 "message": message,
                 "count": count,
                 "delay_ms": delay_ms,
+                "probability": probability,
             },
         )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 import time
 import uuid
@@ -50,6 +51,7 @@ class Fault:
     message: str
     count: int  # calls still to fault; -1 = until cleared
     delay_ms: int
+    probability: float = 1.0  # share of matching calls this fault hits; the others pass untouched
 
     def matches(self, operation: str) -> bool:
         return self.operation in (ANY_OPERATION, operation)
@@ -79,6 +81,8 @@ class FaultQueue:
             for index, fault in enumerate(self._faults):
                 if not fault.matches(operation):
                     continue
+                if fault.probability < 1.0 and random.random() >= fault.probability:
+                    return None
                 taken = Fault(**asdict(fault))
                 if fault.count > 0:
                     fault.count -= 1
@@ -227,7 +231,10 @@ def parse_fault(body: Any) -> Fault:
         raise ControlError(400, f"delay_ms must be between 0 and {_MAX_DELAY_MS}")
     if error is None and delay_ms == 0:
         raise ControlError(400, "a fault needs an error, a delay_ms, or both")
-    return Fault(operation, error, status, message, count, delay_ms)
+    probability = body.get("probability", 1.0)
+    if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 < probability <= 1:
+        raise ControlError(400, "probability must be a number in (0, 1]")
+    return Fault(operation, error, status, message, count, delay_ms, float(probability))
 
 
 class EmulatorMiddleware:

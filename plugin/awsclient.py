@@ -1,0 +1,344 @@
+"""How the KMS client is built and how it behaves when KMS misbehaves.
+
+Credentials (static keys, the SDK's default chain, or an assumed role refreshed before it expires),
+endpoints (custom / VPC endpoint URLs, FIPS), and one retry policy for every KMS call: throttling and
+transient failures are retried with jittered exponential backoff, every attempt and every pause fits in
+the time SPIRE gave the request (`plugin.deadline`), and while KMS is unreachable requests fail fast
+instead of each waiting out its own timeouts. The policy hooks into botocore's own events, so every
+method of the adapter gets it without wrapping each call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+
+from plugin import deadline
+from plugin.kmsapi import KmsError
+from plugin.log import get_logger
+
+log = get_logger("aws")
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 8.0
+# Without a deadline (start-up, background work) a call gives up after this many attempts.
+MAX_ATTEMPTS_WITHOUT_DEADLINE = 6
+BASE_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 4.0
+# Never start an attempt with less time left than this; SPIRE would rather get an answer.
+MIN_ATTEMPT_SECONDS = 0.3
+SAFETY_MARGIN_SECONDS = 0.2
+ROLE_SESSION_SECONDS = 3600
+DEFAULT_ROLE_SESSION_NAME = "spire-server-keymanager"
+
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+        "LimitExceededException",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Unreachable",
+        "Timeout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class AssumeRole:
+    role_arn: str
+    external_id: str | None = None
+    session_name: str = DEFAULT_ROLE_SESSION_NAME
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    region: str
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    endpoint: str | None = None
+    use_fips_endpoint: bool = False
+    assume_role: AssumeRole | None = None
+
+
+def backoff_seconds(attempts: int, rand: Callable[[], float] = random.random) -> float:
+    """Pause after `attempts` failed attempts: exponential, capped, with jitter in its upper half so
+    replicas throttled together do not retry together."""
+    ceiling = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2.0 ** (attempts - 1))
+    return float(ceiling * (0.5 + 0.5 * rand()))
+
+
+def retry_delay(code: str, attempts: int, remaining: float | None, pause: float) -> float | None:
+    """How long to wait before another attempt, or None to give up and report `code`."""
+    if code not in RETRYABLE_CODES:
+        return None
+    if remaining is None:
+        return pause if attempts < MAX_ATTEMPTS_WITHOUT_DEADLINE else None
+    return pause if attempt_fits(remaining - pause) else None
+
+
+def read_timeout_for(remaining: float | None) -> float:
+    """The read timeout of the next attempt: the usual one, or whatever is left of the deadline."""
+    if remaining is None:
+        return READ_TIMEOUT_SECONDS
+    return max(0.0, min(READ_TIMEOUT_SECONDS, remaining - CONNECT_TIMEOUT_SECONDS - SAFETY_MARGIN_SECONDS))
+
+
+def attempt_fits(remaining: float | None) -> bool:
+    """Whether an attempt started now can finish before the deadline."""
+    return remaining is None or read_timeout_for(remaining) >= MIN_ATTEMPT_SECONDS
+
+
+class Breaker:
+    """Opens after consecutive transport failures (KMS unreachable or timing out); while open, requests
+    fail at once except one probe per interval, and any answer from KMS closes it again."""
+
+    def __init__(
+        self, threshold: int = 3, probe_interval: float = 1.0, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = threshold
+        self._probe_interval = probe_interval
+        self._now = now
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._next_probe = 0.0
+        self.last_error = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._failures >= self._threshold
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._failures < self._threshold:
+                return True
+            now = self._now()
+            if now >= self._next_probe:
+                self._next_probe = now + self._probe_interval
+                return True
+            return False
+
+    def failure(self, error: str) -> None:
+        with self._lock:
+            self._failures += 1
+            self.last_error = error
+            if self._failures == self._threshold:
+                self._next_probe = self._now() + self._probe_interval
+                log.warn("KMS is unreachable; failing fast until it answers again", error=error)
+
+    def success(self) -> None:
+        with self._lock:
+            if self._failures >= self._threshold:
+                log.info("KMS is reachable again")
+            self._failures = 0
+
+
+def _transport_code(exception: BaseException) -> str | None:
+    if isinstance(exception, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError):
+        return "Timeout"
+    if isinstance(
+        exception, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectionError
+    ):
+        return "Unreachable"
+    return None
+
+
+class _Policy:
+    """botocore event handlers carrying the retry, deadline and fast-fail rules."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def register(self, client: Any, service: str) -> None:
+        events = client.meta.events
+        events.register(f"before-send.{service}", self.before_send)
+        events.register(f"needs-retry.{service}", self.needs_retry)
+        events.register(f"after-call.{service}", self.after_call)
+
+    def before_send(self, request: Any, **_: Any) -> None:
+        operation = _operation(request)
+        if not self._breaker.allow():
+            raise KmsError(operation, "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
+        remaining = deadline.remaining()
+        if not attempt_fits(remaining):
+            raise KmsError(operation, "Timeout", "no time left before the caller's deadline")
+        if remaining is not None:
+            request.context["read_timeout"] = read_timeout_for(remaining)
+
+    def needs_retry(
+        self, attempts: int, response: Any = None, caught_exception: BaseException | None = None, **_: Any
+    ) -> float | None:
+        if caught_exception is not None:
+            code = _transport_code(caught_exception)
+            if code is None:
+                return None
+            self._breaker.failure(f"{code}: {caught_exception}")
+            if self._breaker.is_open:
+                return None
+        elif response is not None:
+            http, parsed = response
+            code = str(parsed.get("Error", {}).get("Code") or "")
+            if not code and http.status_code >= 500:
+                code = "InternalFailure"
+        else:
+            return None
+        delay = retry_delay(code, attempts, deadline.remaining(), backoff_seconds(attempts))
+        if delay is not None:
+            log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))
+        return delay
+
+    def after_call(self, **_: Any) -> None:
+        self._breaker.success()
+
+
+def _operation(request: Any) -> str:
+    target = request.headers.get("X-Amz-Target", b"")
+    target = target.decode() if isinstance(target, bytes) else str(target)
+    return target.rsplit(".", 1)[-1] or "KMS"
+
+
+def _client_config(settings: ClientSettings) -> botocore.config.Config:
+    return botocore.config.Config(
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        # Our policy decides retries; botocore's own would not know SPIRE's deadline.
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=32,
+        use_fips_endpoint=settings.use_fips_endpoint,
+    )
+
+
+def utcnow() -> datetime.datetime:
+    """The clock credential expiry is judged by (tests move it forward)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+class _AssumedRoleProvider(botocore.credentials.CredentialProvider):  # type: ignore[misc]
+    """Credentials of an assumed role, renewed by botocore before they expire."""
+
+    METHOD = "assume-role"
+
+    def __init__(self, sts: Any, role: AssumeRole) -> None:
+        self._sts = sts
+        self._role = role
+
+    def _fetch(self) -> dict[str, str]:
+        request: dict[str, Any] = {
+            "RoleArn": self._role.role_arn,
+            "RoleSessionName": self._role.session_name,
+            "DurationSeconds": ROLE_SESSION_SECONDS,
+        }
+        if self._role.external_id:
+            request["ExternalId"] = self._role.external_id
+        credentials = self._sts.assume_role(**request)["Credentials"]
+        expiry = credentials["Expiration"]
+        if isinstance(expiry, datetime.datetime):
+            expiry = expiry.isoformat()
+        log.debug("Assumed role", role_arn=self._role.role_arn, expires=expiry)
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": expiry,
+        }
+
+    def load(self) -> botocore.credentials.RefreshableCredentials:
+        # Deferred: the first KMS call assumes the role, so a refusal reaches SPIRE as that call's error.
+        return botocore.credentials.DeferredRefreshableCredentials(
+            refresh_using=self._fetch, method=self.METHOD, time_fetcher=lambda: utcnow()
+        )
+
+
+def _base_session(settings: ClientSettings) -> boto3.session.Session:
+    return boto3.session.Session(
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        region_name=settings.region,
+    )
+
+
+def _assumed_role_session(base: boto3.session.Session, settings: ClientSettings, breaker: Breaker) -> Any:
+    assert settings.assume_role is not None
+    sts = base.client("sts", config=_client_config(settings))
+    _Policy(breaker).register(sts, "sts")
+    session = botocore.session.get_session()
+    session.set_config_variable("region", settings.region)
+    resolver = botocore.credentials.CredentialResolver(
+        providers=[_AssumedRoleProvider(sts, settings.assume_role)]
+    )
+    session.register_component("credential_provider", resolver)
+    return boto3.session.Session(botocore_session=session, region_name=settings.region)
+
+
+class AwsClients:
+    """The clients of one configuration: KMS, and on demand the other services the plugin calls (STS,
+    the tagging API), all with the same credentials and failure policy. Only KMS takes `endpoint`."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self._settings = settings
+        self._session = _base_session(settings)
+        if settings.assume_role is not None:
+            self._session = _assumed_role_session(self._session, settings, Breaker())
+        self.kms = self._make("kms", settings.endpoint)
+        self._others: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _make(self, service: str, endpoint: str | None = None) -> Any:
+        client = self._session.client(service, endpoint_url=endpoint, config=_client_config(self._settings))
+        _Policy(Breaker()).register(client, client.meta.service_model.service_id.hyphenize())
+        return client
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._others:
+                self._others[service] = self._make(service)
+            return self._others[service]
+
+
+def kms_client(settings: ClientSettings) -> Any:
+    """A boto3 KMS client with the plugin's credentials, endpoint and failure policy."""
+    return AwsClients(settings).kms
+
+
+def translate(operation: str, fn: Callable[[], Any]) -> Any:
+    """Run one adapter call, turning botocore's failures into `KmsError` with the AWS error code."""
+    try:
+        return fn()
+    except botocore.exceptions.ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code") or err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if err.operation_name and err.operation_name != operation:
+            # A credential step failed on the way (STS AssumeRole): say so rather than blame KMS.
+            operation = f"{operation} (STS {err.operation_name})"
+        raise KmsError(operation, code or "Unknown", str(error.get("Message", ""))) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise KmsError(
+            operation, "NoCredentials", "no AWS credentials were found in the configuration or environment"
+        ) from None
+    except KmsError as err:
+        raise KmsError(operation, err.code, err.message) from None
+    except botocore.exceptions.BotoCoreError as err:
+        code = _transport_code(err) or type(err).__name__
+        raise KmsError(operation, code, str(err)) from None

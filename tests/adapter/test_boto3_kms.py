@@ -1,0 +1,226 @@
+"""The real boto3 adapter against the KMS emulator: retries within the deadline, timeouts, outages and
+recovery, assumed roles, custom and FIPS endpoints."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.client
+import pytest
+
+from plugin import awsclient, deadline
+from plugin.awsclient import AssumeRole, ClientSettings, kms_client
+from plugin.kms import Boto3Kms
+from plugin.kmsapi import KmsError
+from tests.support.kms_emulator import (
+    DUMMY_ACCESS_KEY_ID,
+    DUMMY_SECRET_ACCESS_KEY,
+    EmulatorControl,
+    EmulatorProcess,
+    start_emulator_process,
+)
+from tests.support.tcp_proxy import TcpProxy
+
+REGION = "us-east-1"
+DIGEST = hashlib.sha256(b"adapter").digest()
+ROLE = "arn:aws:iam::222233334444:role/spire-server"
+
+
+@pytest.fixture(scope="module")
+def emulator_process() -> Iterator[EmulatorProcess]:
+    with start_emulator_process() as process:
+        yield process
+
+
+@pytest.fixture
+def emulator(emulator_process: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> EmulatorControl:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    control = emulator_process.control()
+    control.reset()
+    return control
+
+
+def adapter(endpoint: str, **settings: Any) -> Boto3Kms:
+    return Boto3Kms(
+        ClientSettings(
+            region=REGION,
+            access_key_id=DUMMY_ACCESS_KEY_ID,
+            secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+            endpoint=endpoint,
+            **settings,
+        )
+    )
+
+
+def new_key(kms: Boto3Kms) -> str:
+    return kms.create_key("ECC_NIST_P256", "adapter test", {}, None).arn
+
+
+def sign(kms: Boto3Kms, arn: str) -> bytes:
+    return kms.sign(arn, DIGEST, "ECDSA_SHA_256")
+
+
+def test_a_burst_of_throttles_is_absorbed_within_the_deadline(emulator: EmulatorControl) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    for operation in ("Sign", "CreateKey", "CreateAlias"):
+        emulator.add_fault(operation, count=5)
+    with deadline.scope(30):
+        assert sign(kms, arn)
+        other = new_key(kms)
+        kms.create_alias("alias/adapter", other)
+    calls = emulator.calls()
+    assert (calls["Sign"], calls["CreateKey"], calls["CreateAlias"]) == (6, 7, 6)
+
+
+def test_throttling_that_outlasts_the_deadline_is_reported_in_time(emulator: EmulatorControl) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", count=-1)
+    started = time.monotonic()
+    with deadline.scope(4.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    elapsed = time.monotonic() - started
+    assert failed.value.code == "ThrottlingException"
+    assert 1.0 < elapsed < 4.0
+    assert emulator.calls()["Sign"] > 3
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [("KMSInternalException", 500), ("DependencyTimeoutException", 503)]
+)
+def test_server_errors_are_retried(emulator: EmulatorControl, error: str, status: int) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=error, status=status, count=2)
+    with deadline.scope(30):
+        assert sign(kms, arn)
+    assert emulator.calls()["Sign"] == 3
+
+
+def test_permanent_errors_are_not_retried(emulator: EmulatorControl) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error="AccessDeniedException", count=-1)
+    with deadline.scope(30), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert failed.value.code == "AccessDeniedException"
+    assert emulator.calls()["Sign"] == 1
+
+
+def test_latency_beyond_the_time_left_is_cut_short(emulator: EmulatorControl) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, delay_ms=8000, count=-1)
+    started = time.monotonic()
+    with deadline.scope(4.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert failed.value.code == "Timeout"
+    assert time.monotonic() - started < 4.0
+
+
+def test_an_outage_fails_fast_and_recovers_by_itself(emulator: EmulatorControl) -> None:
+    host, port = emulator.url.removeprefix("http://").split(":")
+    with TcpProxy(host, int(port)) as proxy:
+        kms = adapter(proxy.url)
+        arn = new_key(kms)
+        proxy.down()
+        for _ in range(3):
+            with deadline.scope(30), pytest.raises(KmsError) as failed:
+                sign(kms, arn)
+            assert failed.value.code == "Unreachable"
+        started = time.monotonic()
+        for _ in range(20):
+            with deadline.scope(30), pytest.raises(KmsError):
+                sign(kms, arn)
+        assert time.monotonic() - started < 1.0, "while KMS is unreachable, requests fail at once"
+
+        proxy.up()
+        recovered_at = None
+        give_up = time.monotonic() + 5
+        while recovered_at is None and time.monotonic() < give_up:
+            try:
+                with deadline.scope(30):
+                    sign(kms, arn)
+                recovered_at = time.monotonic()
+            except KmsError:
+                time.sleep(0.1)
+        assert recovered_at is not None, "the adapter must recover by itself once KMS answers"
+        with deadline.scope(30):
+            assert sign(kms, arn)
+
+
+@pytest.fixture
+def recorded_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def record(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        calls.append((operation_name, dict(api_params)))
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return calls
+
+
+def test_assumed_role_keys_land_in_the_assumed_account(
+    emulator: EmulatorControl,
+    recorded_calls: list[tuple[str, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emulator.url)
+    role = AssumeRole(ROLE, external_id="spire-external-1", session_name="spire-test")
+    kms = adapter(emulator.url, assume_role=role)
+    arn = new_key(kms)
+    assert ":222233334444:key/" in arn
+    assert sign(kms, arn)
+    (assume,) = [params for name, params in recorded_calls if name == "AssumeRole"]
+    assert assume["RoleArn"] == ROLE
+    assert assume["ExternalId"] == "spire-external-1"
+    assert assume["RoleSessionName"] == "spire-test"
+    own_account_keys = emulator.kms_client().list_keys()["Keys"]
+    assert own_account_keys == [], "nothing is created in the caller's own account"
+
+    # An hour later the role's credentials are about to expire: the next call renews them first.
+    later = awsclient.utcnow() + datetime.timedelta(minutes=55)
+    monkeypatch.setattr(awsclient, "utcnow", lambda: later)
+    assert sign(kms, arn)
+    assert [name for name, _ in recorded_calls].count("AssumeRole") == 2
+
+
+def test_a_refused_role_is_permission_denied(
+    emulator: EmulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emulator.url)
+    emulator.add_fault("AssumeRole", error="AccessDenied", status=403, message="not trusted", count=-1)
+    kms = adapter(emulator.url, assume_role=AssumeRole(ROLE))
+    with pytest.raises(KmsError) as failed:
+        list(kms.list_aliases())
+    assert failed.value.code == "AccessDenied"
+    assert "STS AssumeRole" in failed.value.operation
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"),
+    [
+        ("us-east-1", "https://kms-fips.us-east-1.amazonaws.com"),
+        ("us-gov-west-1", "https://kms-fips.us-gov-west-1.amazonaws.com"),
+    ],
+)
+def test_fips_endpoints(monkeypatch: pytest.MonkeyPatch, region: str, expected: str) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_KMS", raising=False)
+    client = kms_client(ClientSettings(region=region, use_fips_endpoint=True))
+    assert client.meta.endpoint_url == expected
+
+
+def test_custom_endpoint_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    url = "https://vpce-0123-abcd.kms.us-east-1.vpce.amazonaws.com"
+    assert kms_client(ClientSettings(region=REGION, endpoint=url)).meta.endpoint_url == url
