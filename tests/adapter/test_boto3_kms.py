@@ -88,7 +88,7 @@ def test_throttling_that_outlasts_the_deadline_is_reported_in_time(emulator: Emu
         sign(kms, arn)
     elapsed = time.monotonic() - started
     assert failed.value.code == "ThrottlingException"
-    assert 1.0 < elapsed < 4.0
+    assert elapsed < 4.0
     assert emulator.calls()["Sign"] > 3
 
 
