@@ -1,0 +1,339 @@
+"""Benchmark: one SPIRE Server workload with SPIRE's built-in aws_kms KeyManager and with our plugin, against
+the same KMS emulator, in one run, side by side.
+
+The workload mints X509-SVIDs and JWT-SVIDs through SPIRE's server API on its admin socket (what
+`spire-server x509 mint` / `jwt mint` call, without paying for a CLI process per call), one at a time and
+from concurrent clients. Every mint is one KeyManager SignData and one KMS Sign. Both servers run the same
+spire-server binary, configuration and key types; only the KeyManager block differs. The emulator (moto)
+dominates the absolute numbers: the ratio is what the plugin costs.
+
+    .venv/bin/python scripts/bench_spire.py [--sequential N] [--concurrent N] [--workers N] [--key-type T]
+
+Needs dist/aws-kms-keymanager (scripts/build.sh) and installs spire-server with scripts/install_spire.sh
+(cached; the first install compiles SPIRE and takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from tests.support.kms_emulator import (  # noqa: E402
+    DUMMY_ACCESS_KEY_ID,
+    DUMMY_SECRET_ACCESS_KEY,
+    start_emulator_process,
+)
+from tests.support.spire_server import (  # noqa: E402
+    KEY_TYPES,
+    REGION,
+    SPIRE_VERSION,
+    TRUST_DOMAIN,
+    KeyManagerBlock,
+    ServerSettings,
+    SpireServer,
+    aws_env,
+    install_spire,
+    verify_jwt_svid,
+    verify_x509_svid,
+)
+
+PLUGIN = ROOT / "dist" / "aws-kms-keymanager"
+SPIFFE_PATH = "/bench"
+SPIFFE_ID = f"spiffe://{TRUST_DOMAIN}{SPIFFE_PATH}"
+AUDIENCE = "bench"
+MINT_X509 = "/spire.api.server.svid.v1.SVID/MintX509SVID"
+MINT_JWT = "/spire.api.server.svid.v1.SVID/MintJWTSVID"
+CALL_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# The few protobuf messages of SPIRE's SVID API we need, encoded by hand (wire format: tag, length, bytes).
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _length_delimited(data: bytes, wanted: int) -> Iterator[bytes]:
+    """The values of length-delimited field `wanted` in a message; other fields are skipped."""
+    at = 0
+    while at < len(data):
+        tag, at = _read_varint(data, at)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, at = _read_varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 2:
+            length, at = _read_varint(data, at)
+            if number == wanted:
+                yield data[at : at + length]
+            at += length
+        else:
+            raise ValueError(f"unexpected wire type {wire_type}")
+
+
+def mint_x509_request(csr_der: bytes) -> bytes:
+    return _bytes_field(1, csr_der)  # MintX509SVIDRequest.csr
+
+
+def mint_jwt_request() -> bytes:
+    spiffe_id = _bytes_field(1, TRUST_DOMAIN.encode()) + _bytes_field(2, SPIFFE_PATH.encode())
+    return _bytes_field(1, spiffe_id) + _bytes_field(2, AUDIENCE.encode())  # id, audience
+
+
+def x509_chain(response: bytes) -> list[bytes]:
+    svid = next(_length_delimited(response, 1))  # MintX509SVIDResponse.svid
+    return list(_length_delimited(svid, 1))  # X509SVID.cert_chain
+
+
+def jwt_token(response: bytes) -> str:
+    svid = next(_length_delimited(response, 1))  # MintJWTSVIDResponse.svid
+    return next(_length_delimited(svid, 1)).decode()  # JWTSVID.token
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass(frozen=True)
+class Result:
+    operations: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.operations / self.seconds
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    def __add__(self, other: Result) -> Result:
+        return Result(
+            self.operations + other.operations,
+            self.seconds + other.seconds,
+            self.latencies_ms + other.latencies_ms,
+        )
+
+
+def run_workload(call: Callable[[], object], operations: int, workers: int) -> Result:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        started = time.perf_counter()
+        call()
+        elapsed = (time.perf_counter() - started) * 1000
+        with lock:
+            latencies.append(elapsed)
+
+    started = time.perf_counter()
+    if workers == 1:
+        for index in range(operations):
+            one(index)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, range(operations)))
+    return Result(operations, time.perf_counter() - started, latencies)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    keymanager: KeyManagerBlock
+
+
+def bench_variant(
+    variant: Variant, binary: Path, emulator_url: str, args: argparse.Namespace, csr_der: bytes
+) -> dict[str, Result]:
+    settings = ServerSettings(ca_key_type=args.key_type, jwt_key_type=args.key_type, log_level="INFO")
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(prefix="spire-bench-") as workdir:
+        server = SpireServer(binary, Path(workdir), variant.keymanager, aws_env(emulator_url), settings)
+        with server:
+            started = time.perf_counter()
+            server.start()
+            results["start"] = Result(
+                1, time.perf_counter() - started, [(time.perf_counter() - started) * 1e3]
+            )
+            with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
+                mint_x509 = channel.unary_unary(
+                    MINT_X509, request_serializer=_identity, response_deserializer=_identity
+                )
+                mint_jwt = channel.unary_unary(
+                    MINT_JWT, request_serializer=_identity, response_deserializer=_identity
+                )
+                x509_request, jwt_request = mint_x509_request(csr_der), mint_jwt_request()
+
+                def x509_call() -> bytes:
+                    return bytes(mint_x509(x509_request, timeout=CALL_TIMEOUT))
+
+                def jwt_call() -> bytes:
+                    return bytes(mint_jwt(jwt_request, timeout=CALL_TIMEOUT))
+
+                # What is minted is real: check one of each against the server's bundle first.
+                bundle = server.bundle()
+                chain = [x509.load_der_x509_certificate(c) for c in x509_chain(x509_call())]
+                verify_x509_svid(chain, bundle.x509_authorities, SPIFFE_ID)
+                verify_jwt_svid(jwt_token(jwt_call()), server.bundle_jwks(), SPIFFE_ID, AUDIENCE)
+
+                run_workload(x509_call, args.warmup, 1)
+                run_workload(jwt_call, args.warmup, 1)
+                results["x509 sequential"] = run_workload(x509_call, args.sequential, 1)
+                results["x509 concurrent"] = run_workload(x509_call, args.concurrent, args.workers)
+                results["jwt sequential"] = run_workload(jwt_call, args.sequential, 1)
+                results["jwt concurrent"] = run_workload(jwt_call, args.concurrent, args.workers)
+            if server.stop() != 0:
+                raise RuntimeError(f"{variant.name}: spire-server did not stop cleanly:\n{server.log_tail()}")
+    return results
+
+
+def make_csr() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SPIFFE_ID)]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.DER)
+
+
+def print_table(results: dict[str, dict[str, Result]], args: argparse.Namespace) -> None:
+    builtin, ours = results["builtin"], results["ours"]
+    print()
+    print(
+        f"SPIRE Server {SPIRE_VERSION}, {args.key_type} keys, {args.rounds} round(s) per variant, each: "
+        f"{args.sequential} sequential mints, {args.concurrent} from {args.workers} concurrent clients"
+    )
+    header = (
+        f"{'workload':<18} | {'built-in aws_kms':^28} | {'our plugin':^28} | {'ours / built-in':^17}\n"
+        f"{'':<18} | {'ops/s':>8} {'p50 ms':>9} {'p99 ms':>9} | {'ops/s':>8} {'p50 ms':>9} {'p99 ms':>9} "
+        f"| {'ops/s':>7} {'p50':>8}"
+    )
+    print(header)
+    print("-" * len(header.splitlines()[1]))
+    for name in ("x509 sequential", "x509 concurrent", "jwt sequential", "jwt concurrent"):
+        b, o = builtin[name], ours[name]
+        print(
+            f"{name:<18} | {b.throughput:>8.1f} {b.p50:>9.2f} {b.percentile(0.99):>9.2f} "
+            f"| {o.throughput:>8.1f} {o.p50:>9.2f} {o.percentile(0.99):>9.2f} "
+            f"| {o.throughput / b.throughput:>7.2f} {o.p50 / b.p50:>8.2f}"
+        )
+    b_start, o_start = builtin["start"].p50 / 1000, ours["start"].p50 / 1000
+    print(
+        f"{'start to healthy':<18} | {b_start:>15.2f} s (median) | {o_start:>15.2f} s (median) "
+        f"| {'':>7} {o_start / b_start:>8.2f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sequential", type=int, default=300, help="mints per sequential row per round (300)"
+    )
+    parser.add_argument(
+        "--concurrent", type=int, default=600, help="mints per concurrent row per round (600)"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="concurrent clients (8)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed mints of each kind first (20)")
+    parser.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="CA and JWT key type")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, each variant once per round (2)")
+    args = parser.parse_args()
+    if not PLUGIN.is_file():
+        print(f"{PLUGIN} is missing: run scripts/build.sh first", file=sys.stderr)
+        return 1
+
+    print("installing spire-server (cached after the first time) ...", file=sys.stderr)
+    binary = install_spire().binary
+    csr_der = make_csr()
+    variants = [
+        Variant(
+            "builtin", KeyManagerBlock.builtin({"region": REGION, "key_identifier_value": "bench-builtin"})
+        ),
+        Variant(
+            "ours",
+            KeyManagerBlock.external(
+                PLUGIN,
+                {
+                    "access_key_id": DUMMY_ACCESS_KEY_ID,
+                    "secret_access_key": DUMMY_SECRET_ACCESS_KEY,
+                    "region": REGION,
+                    "key_identifier_value": "bench-ours",
+                },
+            ),
+        ),
+    ]
+    started = time.perf_counter()
+    results: dict[str, dict[str, Result]] = {}
+    with start_emulator_process() as emulator:
+        # Alternate the order round by round, so neither variant always runs on a warmer (or more
+        # crowded) emulator.
+        for round_number in range(args.rounds):
+            for variant in variants if round_number % 2 == 0 else variants[::-1]:
+                print(f"round {round_number + 1}: the workload with {variant.name} ...", file=sys.stderr)
+                measured = bench_variant(variant, binary, emulator.url, args, csr_der)
+                so_far = results.setdefault(variant.name, {})
+                for name, result in measured.items():
+                    so_far[name] = so_far[name] + result if name in so_far else result
+    print_table(results, args)
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
