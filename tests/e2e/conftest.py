@@ -9,7 +9,6 @@ SPIRE_SERVER_BINARY points the tests at a spire-server installed some other way.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -23,8 +22,6 @@ from tests.support.kms_emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
-    EmulatorProcess,
-    start_emulator_process,
 )
 from tests.support.spire_server import (
     REGION,
@@ -35,9 +32,6 @@ from tests.support.spire_server import (
     install_spire,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-# PLUGIN_BINARY lets a developer point the suite at another build of the same binary.
-BINARY = Path(os.environ.get("PLUGIN_BINARY", ROOT / "dist" / "aws-kms-keymanager"))
 # The community plugin's sample configuration, as its users have it.
 COMMUNITY_SAMPLE: Mapping[str, Any] = {
     "access_key_id": DUMMY_ACCESS_KEY_ID,
@@ -68,28 +62,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"e2e: scripts/install_spire.sh took {_install_seconds[0]:.1f} s (cached after the first run)"
         )
-
-
-@pytest.fixture(scope="session")
-def plugin_binary() -> Path:
-    if not BINARY.is_file():
-        pytest.fail(
-            f"{BINARY} is missing: build it with scripts/build.sh (scripts/test.sh does)", pytrace=False
-        )
-    return BINARY.resolve()
-
-
-@pytest.fixture(scope="session")
-def emulator_process() -> Iterator[EmulatorProcess]:
-    with start_emulator_process() as process:
-        yield process
-
-
-@pytest.fixture
-def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
-    control = emulator_process.control()
-    control.reset()
-    return control
 
 
 @pytest.fixture

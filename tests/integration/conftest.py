@@ -12,14 +12,9 @@ from tests.support.kms_emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
-    EmulatorProcess,
-    start_emulator_process,
 )
 from tests.support.plugin_host import PluginProcess, start_plugin
 
-ROOT = Path(__file__).resolve().parents[2]
-# PLUGIN_BINARY lets a developer point the suite at another build of the same binary.
-BINARY = Path(os.environ.get("PLUGIN_BINARY", ROOT / "dist" / "aws-kms-keymanager"))
 REGION = "us-east-1"
 # The community plugin's sample configuration, as its users have it.
 COMMUNITY_CONFIG = f"""
@@ -29,26 +24,6 @@ region = "{REGION}"
 """
 
 StartPlugin = Callable[..., PluginProcess]
-
-
-@pytest.fixture(scope="session")
-def binary() -> Path:
-    if not BINARY.is_file():
-        pytest.fail(f"{BINARY} is missing: build it with scripts/build.sh (scripts/test.sh does)")
-    return BINARY
-
-
-@pytest.fixture(scope="session")
-def emulator_process() -> Iterator[EmulatorProcess]:
-    with start_emulator_process() as process:
-        yield process
-
-
-@pytest.fixture
-def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
-    control = emulator_process.control()
-    control.reset()
-    return control
 
 
 @pytest.fixture
@@ -76,12 +51,12 @@ def plugin_env(emulator_url: str, tmpdir: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def start(binary: Path, emulator: EmulatorControl, plugin_tmpdir: Path) -> Iterator[StartPlugin]:
+def start(plugin_binary: Path, emulator: EmulatorControl, plugin_tmpdir: Path) -> Iterator[StartPlugin]:
     """Starts plugins; every one started is stopped at the end of the test, whatever happens."""
     started: list[PluginProcess] = []
 
     def _start(**extra_env: str) -> PluginProcess:
-        plugin = start_plugin([str(binary)], env=plugin_env(emulator.url, plugin_tmpdir, **extra_env))
+        plugin = start_plugin([str(plugin_binary)], env=plugin_env(emulator.url, plugin_tmpdir, **extra_env))
         started.append(plugin)
         return plugin
 

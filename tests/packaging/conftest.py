@@ -17,26 +17,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# PLUGIN_BINARY points the tests at another build of the binary (e.g. a release artifact), as in
-# tests/integration.
-BINARY = Path(os.environ.get("PLUGIN_BINARY") or REPO / "dist" / "aws-kms-keymanager").resolve()
 RUN_TIMEOUT = 60.0
 # Variables that would change what the binary does; the tests set them explicitly when they want them.
 _PLUGIN_ENV = ("KeyManager", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_MIN_PORT", "PLUGIN_MAX_PORT")
 
 
 @pytest.fixture(scope="session")
-def binary() -> Path:
-    """The built binary. Missing is a failure, not a skip: these tests are the binary's acceptance."""
-    if not BINARY.is_file():
-        pytest.fail(
-            f"{BINARY} does not exist: build it first with scripts/build.sh (the tests in tests/packaging "
-            "check the frozen binary, not the sources)",
-            pytrace=False,
-        )
-    if not os.access(BINARY, os.X_OK):
-        pytest.fail(f"{BINARY} is not executable", pytrace=False)
-    return BINARY
+def binary(plugin_binary: Path) -> Path:
+    return plugin_binary
 
 
 @pytest.fixture
