@@ -184,8 +184,10 @@ class _Policy:
         remaining = deadline.remaining()
         if not attempt_fits(remaining):
             raise KmsError(operation, "Timeout", "no time left before the caller's deadline")
-        if remaining is not None:
-            request.context["read_timeout"] = read_timeout_for(remaining)
+        read_timeout = read_timeout_for(remaining)
+        if read_timeout < READ_TIMEOUT_SECONDS:
+            # Only when it must shrink: a per-request timeout costs urllib3 work on every call.
+            request.context["read_timeout"] = read_timeout
 
     def needs_retry(
         self, attempts: int, response: Any = None, caught_exception: BaseException | None = None, **_: Any

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km  # noqa: E402
-from tests.integration.conftest import BINARY, COMMUNITY_CONFIG, plugin_env  # noqa: E402
+from tests.conftest import BINARY  # noqa: E402
+from tests.integration.conftest import COMMUNITY_CONFIG, plugin_env  # noqa: E402
 from tests.support.kms_emulator import start_emulator_process  # noqa: E402
 from tests.support.plugin_host import start_plugin  # noqa: E402
 

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km  # noqa: E402
-from tests.integration.conftest import BINARY, COMMUNITY_CONFIG, plugin_env  # noqa: E402
+from tests.conftest import BINARY  # noqa: E402
+from tests.integration.conftest import COMMUNITY_CONFIG, plugin_env  # noqa: E402
 from tests.support.kms_emulator import EmulatorControl, start_emulator_process  # noqa: E402
 from tests.support.plugin_host import PluginProcess, start_plugin  # noqa: E402
 
