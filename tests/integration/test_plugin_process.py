@@ -29,6 +29,8 @@ def test_a_whole_spire_session_leaves_nothing_behind(start: StartPlugin, plugin_
     plugin.configure(COMMUNITY_CONFIG)
     plugin.generate_key("x509-CA-A", km.EC_P256)
     pids = plugin.all_pids()
+    running = sorted(entry.name for entry in plugin_tmpdir.iterdir())
+    assert [name[:4] for name in running] == ["_MEI", "plug"], running
     assert len(pids) == 2, "a one-file binary runs a bootloader and the Python program"
 
     assert plugin.shutdown() == 0
