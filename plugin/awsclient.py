@@ -178,12 +178,12 @@ class _Policy:
         events.register(f"after-call.{service}", self.after_call)
 
     def before_send(self, request: Any, **_: Any) -> None:
-        operation = _operation(request)
+        # `translate` names the adapter's operation in these errors; the request need not be parsed here.
         if not self._breaker.allow():
-            raise KmsError(operation, "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
+            raise KmsError("KMS", "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
         remaining = deadline.remaining()
         if not attempt_fits(remaining):
-            raise KmsError(operation, "Timeout", "no time left before the caller's deadline")
+            raise KmsError("KMS", "Timeout", "no time left before the caller's deadline")
         read_timeout = read_timeout_for(remaining)
         if read_timeout < READ_TIMEOUT_SECONDS:
             # Only when it must shrink: a per-request timeout costs urllib3 work on every call.
@@ -213,12 +213,6 @@ class _Policy:
 
     def after_call(self, **_: Any) -> None:
         self._breaker.success()
-
-
-def _operation(request: Any) -> str:
-    target = request.headers.get("X-Amz-Target", b"")
-    target = target.decode() if isinstance(target, bytes) else str(target)
-    return target.rsplit(".", 1)[-1] or "KMS"
 
 
 def _client_config(settings: ClientSettings) -> botocore.config.Config:

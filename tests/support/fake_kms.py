@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -59,6 +60,23 @@ class FakeKms:
         self._lock = threading.Lock()
 
     # -- test controls -------------------------------------------------------------------------------
+
+    @contextmanager
+    def hold(self, operation: str) -> Iterator[threading.Event]:
+        """Within the block, calls of `operation` wait until released; yields the event set once one is
+        waiting. Leaving the block releases them."""
+        entered, release = threading.Event(), threading.Event()
+
+        def wait() -> None:
+            entered.set()
+            release.wait(10)
+
+        self.hooks[operation] = wait
+        try:
+            yield entered
+        finally:
+            del self.hooks[operation]
+            release.set()
 
     def fail(self, operation: str, code: str, times: int = 1) -> None:
         self._failures.setdefault(operation, []).extend(

@@ -219,37 +219,23 @@ def test_acme_key_ids_round_trip_through_alias_encoding(
 
 def test_generating_one_key_does_not_block_signing_with_another(manager: KeyManager, kms: FakeKms) -> None:
     manager.generate_key("JWT-Signer-A", KeyType.EC_P256)
-    release = threading.Event()
-    entered = threading.Event()
-
-    def slow_create() -> None:
-        entered.set()
-        release.wait(10)
-
-    kms.hooks["CreateKey"] = slow_create
     generator = threading.Thread(target=manager.generate_key, args=("x509-CA-A", KeyType.EC_P256))
-    generator.start()
-    try:
+    with kms.hold("CreateKey") as entered:
+        generator.start()
         assert entered.wait(5)
         manager.sign("JWT-Signer-A", DIGEST, HashAlgorithm.SHA256, None)
         assert manager.get_public_key("JWT-Signer-A") is not None
         assert generator.is_alive()
-    finally:
-        release.set()
-        generator.join(10)
+    generator.join(10)
     assert manager.get_public_key("x509-CA-A") is not None
 
 
 def test_reconfigure_while_generating_keeps_the_new_key(manager: KeyManager, kms: FakeKms) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-    kms.hooks["CreateAlias"] = lambda: (entered.set(), release.wait(10))  # type: ignore[func-returns-value]
     generator = threading.Thread(target=manager.generate_key, args=("x509-CA-A", KeyType.EC_P256))
-    generator.start()
-    assert entered.wait(5)
-    del kms.hooks["CreateAlias"]
-    manager.configure(settings(), kms)
-    release.set()
+    with kms.hold("CreateAlias") as entered:
+        generator.start()
+        assert entered.wait(5)
+        manager.configure(settings(), kms)
     generator.join(10)
     key = manager.get_public_key("x509-CA-A")
     assert key is not None and kms.aliases["alias/SPIRE_SERVER_KEY/x509-CA-A"] == key.key_arn

@@ -209,26 +209,16 @@ def test_heartbeat_does_not_wait_for_a_key_being_replaced(fleet: Fleet, kms: Fak
     server = fleet.start("server1")
     key = server.generate_key("x509-CA-A", KeyType.EC_P256)
     other = server.generate_key("JWT-Signer-A", KeyType.EC_P256)
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_create() -> None:
-        entered.set()
-        release.wait(10)
-
-    kms.hooks["CreateKey"] = slow_create
     generator = threading.Thread(target=server.generate_key, args=("x509-CA-A", KeyType.EC_P256))
-    generator.start()
-    try:
+    with kms.hold("CreateKey") as entered:
+        generator.start()
         assert entered.wait(5)
         before = kms.alias_updated[key.alias]
         fleet.advance(6 * HOUR)  # settles although the replacement holds its key
         assert kms.alias_updated[key.alias] == before
         assert kms.alias_updated[other.alias] == fleet.clock.now()
         server.sign("JWT-Signer-A", DIGEST, HashAlgorithm.SHA256, None)
-    finally:
-        release.set()
-        generator.join(10)
-        del kms.hooks["CreateKey"]
+    generator.join(10)
     replaced = server.get_public_key("x509-CA-A")
     assert replaced is not None and kms.aliases[key.alias] == replaced.key_arn != key.key_arn
 
