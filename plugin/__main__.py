@@ -39,7 +39,9 @@ See the README for every plugin_data key.
 
 def main(argv: list[str]) -> int:
     if "--version" in argv or "version" in argv[:1]:
-        print(f"{PLUGIN_NAME} {__version__}")
+        from plugin import buildinfo
+
+        print(buildinfo.current().line())
         return 0
     if "--help" in argv or "-h" in argv or "help" in argv[:1]:
         print(HELP, end="")

@@ -2,7 +2,7 @@
 
 This module knows nothing of keys or AWS. `serve()` starts a plaintext gRPC server on a unix socket in a
 private directory, prints the handshake line, serves go-plugin's own services next to the caller's, and
-returns once the host asks for shutdown, the process gets SIGTERM, or the parent process dies.
+returns once the host asks for shutdown, the process gets SIGTERM, or the process the host started dies.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from plugin.bundle import Launchers
 from plugin.log import get_logger
 from proto_gen.goplugin import (
     broker_pb2,
@@ -137,8 +138,7 @@ def handshake_line(socket_path: str, app_version: int = APP_PROTOCOL_VERSION) ->
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when our parent dies: SPIRE's SIGKILL reaches only the one-file
-    bootloader, which then cannot stop us or clean up."""
+    """Ask the kernel for SIGTERM when our parent dies, at once; the launchers above it are polled."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -146,17 +146,10 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) is unavailable; relying on polling the parent pid")
 
 
-def _watch_parent(original_parent: int, stopper: _Stopper) -> None:
+def _watch_launchers(launchers: Launchers, stopper: _Stopper) -> None:
     while not stopper.event.wait(PARENT_POLL_SECONDS):
-        if os.getppid() != original_parent:
-            stopper.stop("parent process exited")
-
-
-def _remove_unpacked_bundle() -> None:
-    """The one-file bootloader removes its unpacked directory after we exit, unless it died first."""
-    bundle_dir = getattr(sys, "_MEIPASS", None)
-    if bundle_dir and os.path.basename(bundle_dir).startswith("_MEI"):
-        shutil.rmtree(bundle_dir, ignore_errors=True)
+        if not launchers.intact():
+            stopper.stop("the process the host started exited")
 
 
 def serve(
@@ -165,7 +158,7 @@ def serve(
     stdout: Any = None,
 ) -> int:
     """Serve until told to stop; returns the process exit code."""
-    original_parent = os.getppid()
+    launchers = Launchers.of_this_process()
     out = stdout or sys.stdout
     app_version = negotiate_protocol(dict(os.environ))
     if app_version is None:
@@ -196,13 +189,13 @@ def serve(
 
         out.write(handshake_line(socket_path, app_version))
         out.flush()
-        log.debug("Plugin serving", socket=socket_path, pid=os.getpid())
+        log.debug("Plugin serving", socket=socket_path, pid=os.getpid(), launchers=list(launchers.pids))
 
         threading.Thread(
-            target=_watch_parent, args=(original_parent, stopper), name="parent-watch", daemon=True
+            target=_watch_launchers, args=(launchers, stopper), name="launcher-watch", daemon=True
         ).start()
-        if os.getppid() != original_parent:
-            stopper.stop("parent process exited")
+        if not launchers.intact():
+            stopper.stop("the process the host started exited")
         while not stopper.event.wait(PARENT_POLL_SECONDS):
             pass
         log.debug("Plugin stopping", reason=stopper.reason)
@@ -210,6 +203,5 @@ def serve(
         server.stop(grace=0.5).wait(1.0)
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
-        if os.getppid() != original_parent:
-            _remove_unpacked_bundle()
+        launchers.remove_orphaned()
     return 0

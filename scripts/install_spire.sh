@@ -3,19 +3,25 @@
 # github.com/spiffe/spire Go module, caches it outside the repository, and prints the binary's path on
 # stdout (nothing else goes to stdout). Idempotent: when the cached binary is there it only prints its path.
 #
+# It is built as SPIRE's own release builds it: statically linked against musl (cgo for sqlite,
+# `-extldflags -static`), so the same file runs on any Linux and inside an empty root file system, as in the
+# official `FROM scratch` image.
+#
 #   scripts/install_spire.sh
 #
 #   SPIRE_VERSION   the SPIRE release to install (default v1.13.3)
-#   SPIRE_CACHE_DIR where to keep it (default ${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager/spire-VERSION)
-#   GO              the go command (default: go on PATH, else /usr/local/go/bin/go); Go >= 1.26, cgo and gcc
-#                   (SPIRE's sqlite datastore needs cgo)
+#   SPIRE_CACHE_DIR where to keep it (default ${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager)
+#   GO              the go command (default: go on PATH, else /usr/local/go/bin/go); Go >= 1.26
+#   MUSL_CC         musl's gcc wrapper (default musl-gcc, Debian's musl-tools); SPIRE's sqlite needs cgo
 #
-# The build runs in a private GOPATH/GOCACHE under the cache directory (about 2 GB), removed once the binary
-# is in place, so a cold install always costs the same and leaves only the binary (230 MB) behind.
+# The binary goes to $SPIRE_CACHE_DIR/spire-VERSION-static/bin/spire-server. The Go module and build caches
+# ($SPIRE_CACHE_DIR/go, about 2 GB) are kept and shared by every version, so a second version or a retry
+# compiles only what differs.
 set -euo pipefail
 
 version=${SPIRE_VERSION:-v1.13.3}
-cache=${SPIRE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager/spire-$version}
+cache_root=${SPIRE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager}
+cache=$cache_root/spire-$version-static
 binary=$cache/bin/spire-server
 
 log() { echo "install_spire: $*" >&2; }
@@ -43,44 +49,51 @@ if [[ ! "$go_version" =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < 26)); then
     log "$go is $go_version: Go >= 1.26 is needed (set GO=/path/to/go)"
     exit 1
 fi
-if ! command -v "${CC:-gcc}" >/dev/null 2>&1; then
-    log "no C compiler (${CC:-gcc}): SPIRE's sqlite datastore needs cgo"
+musl_cc=${MUSL_CC:-musl-gcc}
+if ! command -v "$musl_cc" >/dev/null 2>&1; then
+    log "no $musl_cc: install musl-tools (SPIRE's sqlite datastore needs cgo, linked statically with musl)"
     exit 1
 fi
 
 mkdir -p "$cache"
-# One installer at a time per cache directory; a second one waits, then finds the binary.
-exec 9>"$cache/.lock"
+# One installer at a time per cache root (the Go caches are shared); a second one waits, then finds the binary.
+exec 9>"$cache_root/.lock"
 flock 9
 if installed; then
     echo "$binary"
     exit 0
 fi
 
-# The module and build caches of a failed attempt are kept and reused by the next one.
 work=$cache/work
-rm -rf "$work/module" "$work/bin"
+rm -rf "$work"
 mkdir -p "$work/module" "$work/bin"
-export GOPATH=$work/gopath GOMODCACHE=$work/gopath/pkg/mod GOCACHE=$work/gocache
-# Writable module cache so the work directory can be removed with rm; the local toolchain only (no silent
-# toolchain download); cgo for sqlite.
-export GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=1 GOBIN=$work/bin
+gocache=$cache_root/go
+export GOPATH=$gocache/path GOMODCACHE=$gocache/path/pkg/mod GOCACHE=$gocache/build
+# Writable module cache so it can be removed with rm; the local toolchain only (no silent toolchain
+# download); cgo for sqlite, compiled and linked statically with musl.
+export GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=1 GOBIN=$work/bin CC=$musl_cc
 unset GOOS GOARCH
 
 start=$(date +%s)
-log "installing spire-server $version with $go_version: it compiles SPIRE, about 10 minutes on 2 cores"
+log "installing spire-server $version (static, musl) with $go_version: it compiles SPIRE, about 10 minutes on 2 cores"
 (
     cd "$work/module"
     "$go" mod init aws-kms-keymanager/spire-install 2>&1 |
         grep -v -e "^go: creating new go.mod" -e "^go: to add module requirements" >&2 || true
     [[ -f go.mod ]]
     "$go" get -tool "github.com/spiffe/spire/cmd/spire-server@$version" >&2
-    "$go" install github.com/spiffe/spire/cmd/spire-server >&2
+    "$go" install -trimpath -ldflags '-s -w -linkmode external -extldflags "-static"' \
+        github.com/spiffe/spire/cmd/spire-server >&2
 )
 built=$work/bin/spire-server
 # Built from the module proxy without VCS data, it calls itself e.g. "1.13.3-dev-unk".
 if [[ "$("$built" --version 2>&1)" != "${version#v}"* ]]; then
     log "the built $built does not run as spire-server $version: $("$built" --version 2>&1 | head -1)"
+    exit 1
+fi
+
+if LC_ALL=C readelf -l "$built" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+    log "the built $built is dynamically linked: it would not run in an empty root"
     exit 1
 fi
 

@@ -10,22 +10,14 @@ import threading
 import grpc
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
 from tests.integration.conftest import COMMUNITY_CONFIG, StartPlugin
 from tests.support.kms_emulator import EmulatorControl
 from tests.support.plugin_host import PluginProcess
-
-KEY_TYPES = {
-    km.EC_P256: (ec.EllipticCurvePublicKey, 256),
-    km.EC_P384: (ec.EllipticCurvePublicKey, 384),
-    km.RSA_2048: (rsa.RSAPublicKey, 2048),
-    km.RSA_4096: (rsa.RSAPublicKey, 4096),
-}
-HASHES = {km.SHA256: hashes.SHA256(), km.SHA384: hashes.SHA384(), km.SHA512: hashes.SHA512()}
-MESSAGE = b"SPIRE signs certificates and JWTs"
+from tests.support.signatures import HASHES, KEY_TYPES, digest_of, verify
 
 # Every signing combination SPIRE's own key manager conformance suite uses, with the answer KMS allows.
 # (key type, hash, pss salt or None) -> served?
@@ -39,25 +31,6 @@ SIGNING_CASES = [
     (km.EC_P384, km.SHA384, None, True),
     (km.EC_P384, km.SHA512, None, False),
 ]
-
-
-def digest_of(hash_algorithm: int) -> bytes:
-    return hashlib.new(HASHES[hash_algorithm].name, MESSAGE).digest()
-
-
-def verify(pkix_der: bytes, signature: bytes, hash_algorithm: int, pss_salt: int | None) -> None:
-    public = serialization.load_der_public_key(pkix_der)
-    chosen = HASHES[hash_algorithm]
-    digest = digest_of(hash_algorithm)
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        public.verify(signature, digest, ec.ECDSA(utils.Prehashed(chosen)))
-    elif pss_salt is None:
-        assert isinstance(public, rsa.RSAPublicKey)
-        public.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(chosen))
-    else:
-        assert isinstance(public, rsa.RSAPublicKey)
-        pss = padding.PSS(mgf=padding.MGF1(chosen), salt_length=chosen.digest_size)
-        public.verify(signature, digest, pss, utils.Prehashed(chosen))
 
 
 def rpc_error(call: object) -> grpc.RpcError:

@@ -4,6 +4,7 @@ go-plugin handshake, and leaves nothing behind in TMPDIR."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import re
@@ -20,17 +21,32 @@ from tests.packaging.conftest import REPO, Runner, unpack_dirs
 
 pytestmark = pytest.mark.binary
 
-# Measured: 17,912,120 bytes (PyInstaller 6.22.3, CPython 3.11.7, grpcio 1.85.1, boto3 1.44.5). The budget
-# leaves ~25% of room; going over it means a trim stopped working (the untrimmed build is ~50 MB).
-SIZE_BUDGET_BYTES = 22_500_000
+# Measured: 21,375,440 bytes with staticx's loader and C library (17,912,120 without; PyInstaller 6.22.3,
+# CPython 3.11.7, grpcio 1.85.1, boto3 1.44.5). 25 MB is the promise to operators; going over it means a trim
+# stopped working (the untrimmed build is ~50 MB) or the staticx archive got compressed or bloated.
+SIZE_BUDGET_BYTES = 25_000_000
 
 NOT_A_COMMAND_HINT = "This binary is a plugin"
 
 
-def test_version(run: Runner) -> None:
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _version_line() -> str:
+    """What --version must say for a build of this work tree: scripts/build.sh's commit and date."""
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-modified"
+    epoch = int(_git("log", "-1", "--format=%ct"))
+    built = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{PLUGIN_NAME} {__version__} (commit {commit}, built {built}, static, any x86-64 Linux)\n"
+
+
+def test_version_names_the_commit_the_date_and_the_platform(run: Runner) -> None:
     result = run("--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{PLUGIN_NAME} {__version__}\n"
+    assert result.stdout == _version_line()
     assert result.stderr == ""
 
 
@@ -100,7 +116,7 @@ def test_starts_in_a_non_utf8_locale(run: Runner, euc_jp_locale_env: dict[str, s
     # Without UTF-8 mode (and without the CJK codecs, which are not bundled) the interpreter dies at start.
     result = run("--version", env=euc_jp_locale_env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{PLUGIN_NAME} {__version__}\n"
+    assert result.stdout.startswith(f"{PLUGIN_NAME} {__version__} (commit ")
     no_cookie = run(env=euc_jp_locale_env)
     assert no_cookie.returncode == 1
     assert NOT_A_COMMAND_HINT in no_cookie.stderr

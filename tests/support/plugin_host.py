@@ -422,6 +422,8 @@ class PluginProcess:
     process: subprocess.Popen[bytes]
     spawned_at: float  # time.monotonic() just before the spawn
     call_timeout: float = KEYMANAGER_CALL_TIMEOUT  # SPIRE's deadline on every KeyManager call
+    # Where a path the plugin names is on the host (a plugin in a container names paths inside it).
+    path_on_host: Callable[[str], str] = os.path.abspath
 
     # Filled in by start_plugin.
     handshake_line: str = ""
@@ -623,8 +625,7 @@ class PluginProcess:
 
     def _connect(self, timeout: float) -> None:
         assert self.handshake is not None
-        address = self.handshake.address
-        target = f"unix:{address}" if self.handshake.network == "unix" else address
+        target = f"unix:{self.socket_path}" if self.handshake.network == "unix" else self.handshake.address
         self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
@@ -880,8 +881,8 @@ class PluginProcess:
                 "(nothing may reach stdout before it)"
             ) from None
         if self.handshake.network == "unix":
-            self.socket_path = self.handshake.address
-            self.socket_dir = os.path.dirname(self.handshake.address)
+            self.socket_path = self.path_on_host(self.handshake.address)
+            self.socket_dir = os.path.dirname(self.socket_path)
         self._snapshot_tree()
 
     def _start_error(self, problem: str) -> PluginStartError:
@@ -904,13 +905,15 @@ def start_plugin(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    path_on_host: Callable[[str], str] = os.path.abspath,
 ) -> PluginProcess:
     """Start the plugin as SPIRE does and return it connected and initialised (see the module docstring).
 
     `command` is spawned without a shell and without PATH lookup (argv[0] is made absolute against the
     current directory, as SPIRE does with plugin_cmd), in `cwd`, with `env` (default: a copy of os.environ)
     plus go-plugin's variables; stdin is /dev/null, stdout and stderr are read by the host. Raises
-    PluginStartError (an AssertionError) if anything SPIRE needs is missing; the process is killed then."""
+    PluginStartError (an AssertionError) if anything SPIRE needs is missing; the process is killed then.
+    `path_on_host` maps the socket path of the handshake line to the host's, for a plugin in a container."""
     if isinstance(command, str | bytes):
         raise TypeError("command must be a sequence of arguments (no shell)")
     argv = list(command)
@@ -929,7 +932,7 @@ def start_plugin(
         stderr=subprocess.PIPE,
         close_fds=True,
     )
-    plugin = PluginProcess(command=argv, process=process, spawned_at=spawned_at)
+    plugin = PluginProcess(command=argv, process=process, spawned_at=spawned_at, path_on_host=path_on_host)
     _LIVE.add(plugin)
     try:
         plugin._start_readers()

@@ -1,17 +1,20 @@
 """A loopback TCP proxy that a test can take down and bring back, to simulate KMS becoming unreachable
-(connections refused) and reachable again, without losing the emulator's state behind it."""
+(connections refused) and reachable again, without losing the emulator's state behind it. Given a server
+TLS context, it terminates TLS in front of a plain-HTTP emulator, as HTTPS to KMS."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from types import TracebackType
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, tls: ssl.SSLContext | None = None) -> None:
         self._target = (target_host, target_port)
+        self._tls = tls
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
@@ -20,7 +23,7 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
 
     def up(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -52,19 +55,27 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self._target, timeout=5)
-            except OSError:
+            # The TLS handshake of one client must not hold up the others.
+            threading.Thread(target=self._serve, args=(listener, client), daemon=True).start()
+
+    def _serve(self, listener: socket.socket, client: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                client.settimeout(10)
+                client = self._tls.wrap_socket(client, server_side=True)
+                client.settimeout(None)
+            upstream = socket.create_connection(self._target, timeout=5)
+        except OSError:  # ssl.SSLError included: a client that refuses our certificate
+            client.close()
+            return
+        with self._lock:
+            if self._listener is not listener:
                 client.close()
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    client.close()
-                    upstream.close()
-                    return
-                self._connections.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                upstream.close()
+                return
+            self._connections.update((client, upstream))
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the machine tools the build and the tests use, from Debian's packages, when they are missing:
+#
+#   musl-gcc     (musl-tools)   SPIRE is built static with musl, as its own release is (install_spire.sh)
+#   debootstrap  (debootstrap)  the tests make a Debian 11 root file system to run the binary in
+#   objcopy, readelf (binutils) staticx wraps the binary (scripts/build.sh)
+#
+# Needs root and apt-get when something is missing; does nothing otherwise.
+set -euo pipefail
+
+missing=()
+for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils; do
+    tool=${pair%%:*}
+    # debootstrap lives in /usr/sbin, which a non-login PATH may lack.
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${pair#*:}")
+done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | grep .)
+((${#missing[@]} == 0)) && exit 0
+
+if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_host_tools: missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
+    exit 1
+fi
+echo "install_host_tools: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >&2
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
