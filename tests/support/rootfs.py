@@ -28,6 +28,8 @@ SPIRE_UID = 1000
 SPIRE_GID = 1000
 # The hardened Helm chart copies the plugin_cmd file alone into a read-only volume mounted here.
 HELM_PLUGIN_PATH = "/plugins/aws-kms-keymanager"
+# Where SPIRE's official image has spire-server.
+OFFICIAL_IMAGE_SPIRE_SERVER = "/opt/spire/bin/spire-server"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_TIMEOUT = 20 * 60.0
 

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from tests.support.rootfs import OFFICIAL_IMAGE_SPIRE_SERVER, Container
+
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install_spire.sh"
 SPIRE_VERSION = "v1.13.3"
@@ -374,7 +376,11 @@ class SpireServer:
         keymanager: KeyManagerBlock,
         env: Mapping[str, str],
         settings: ServerSettings | None = None,
+        container: Container | None = None,
     ) -> None:
+        """`container` runs the server inside it as /opt/spire/bin/spire-server, as SPIRE's official image
+        does; its binds must show `workdir` at the same path (then every path in server.conf holds inside
+        and out) and `workdir`/tmp as /tmp, where the server and its plugins then make their files."""
         if len(str(workdir)) > 60:
             raise ValueError(f"{workdir} is too long for the unix sockets under it")
         self.binary = binary
@@ -389,7 +395,9 @@ class SpireServer:
         # One log per server object: a second server on the same workdir (a restart) gets the next one.
         self.log_path = workdir / f"spire-{len(list(workdir.glob('spire-*.log'))) + 1}.log"
         self.log_path.touch()
-        self.env = {**env, "TMPDIR": str(self.tmpdir)}
+        self.container = container
+        # In a container, TMPDIR stays unset (as in the official image): its /tmp is self.tmpdir.
+        self.env = dict(env) if container else {**env, "TMPDIR": str(self.tmpdir)}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -441,11 +449,16 @@ class SpireServer:
         if self.is_running():
             raise RuntimeError("SPIRE server already running")
         self.config_path.write_text(self.render_config())
+        command = [str(self.binary), "run", "-config", str(self.config_path)]
+        cwd = str(self.workdir)
+        if self.container is not None:
+            command = self.container.command([OFFICIAL_IMAGE_SPIRE_SERVER, *command[1:]])
+            cwd = self.container.cwd
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                [str(self.binary), "run", "-config", str(self.config_path)],
-                cwd=self.workdir,
+                command,
+                cwd=cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
