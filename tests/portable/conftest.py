@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.container import Bind
-from tests.support.kms_emulator import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY
 from tests.support.plugin_host import PluginProcess, start_plugin
 from tests.support.rootfs import (
     HELM_PLUGIN_PATH,
@@ -23,13 +22,6 @@ from tests.support.rootfs import (
     spire_tmp,
 )
 
-REGION = "us-east-1"
-# The community plugin's sample configuration: static credentials, so nothing is read from the root.
-COMMUNITY_CONFIG = f"""
-access_key_id = "{DUMMY_ACCESS_KEY_ID}"
-secret_access_key = "{DUMMY_SECRET_ACCESS_KEY}"
-region = "{REGION}"
-"""
 ROOTS = ("empty", "debian11")
 
 

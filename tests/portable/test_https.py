@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
-from tests.portable.conftest import COMMUNITY_CONFIG, MakeBox, container_env
+from tests.integration.conftest import COMMUNITY_CONFIG
+from tests.portable.conftest import MakeBox, container_env
 from tests.support.container import Bind
 from tests.support.kms_emulator import EmulatorControl
 from tests.support.loopback_ca import LoopbackCa, make_loopback_ca

@@ -17,10 +17,17 @@ from typing import Any
 
 import pytest
 
-from tests.portable.conftest import COMMUNITY_CONFIG, REGION
+from tests.integration.conftest import COMMUNITY_CONFIG, REGION
 from tests.support.container import Bind
 from tests.support.kms_emulator import EmulatorControl
-from tests.support.rootfs import OFFICIAL_IMAGE_SPIRE_SERVER, SPIRE_GID, SPIRE_UID, Container, empty_root
+from tests.support.rootfs import (
+    OFFICIAL_IMAGE_SPIRE_SERVER,
+    SPIRE_GID,
+    SPIRE_UID,
+    Container,
+    empty_root,
+    uid_of,
+)
 from tests.support.spire_server import (
     KeyManagerBlock,
     SpireServer,
@@ -45,13 +52,6 @@ def dockerfile_plugin_path() -> str:
     assert re.search(r"^FROM ghcr\.io/spiffe/spire-server:\d+\.\d+\.\d+$", text, re.MULTILINE), text
     (copy,) = re.findall(r"^COPY --chmod=0555 aws-kms-keymanager (/\S+)$", text, re.MULTILINE)
     return str(copy)
-
-
-def _uid_of(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE)
-    assert match, status
-    return int(match.group(1))
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_spire_server_runs_our_plugin_in_the_official_image_layout(
         assert "Server is healthy" in server.healthcheck().stdout
         processes = descendants(server.pid)  # spire-server, then the plugin's three
         assert len(processes) == 4, processes
-        assert {_uid_of(pid) for pid in processes} == {SPIRE_UID}
+        assert {uid_of(pid) for pid in processes} == {SPIRE_UID}
 
         bundle = server.bundle()
         (ca,) = bundle.x509_authorities

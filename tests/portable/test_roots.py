@@ -12,23 +12,17 @@ from pathlib import Path
 import pytest
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
-from tests.portable.conftest import COMMUNITY_CONFIG, ROOTS, MakeBox, container_env
+from tests.integration.conftest import COMMUNITY_CONFIG
+from tests.portable.conftest import ROOTS, MakeBox, container_env
 from tests.support.container import Bind
 from tests.support.kms_emulator import EmulatorControl
 from tests.support.plugin_host import hclog_problems, wait_all_gone
-from tests.support.rootfs import HELM_PLUGIN_PATH, Container, glibc_version, spire_tmp
+from tests.support.rootfs import HELM_PLUGIN_PATH, Container, glibc_version, spire_tmp, uid_of
 from tests.support.signatures import digest_of, verify
 
 # The hash SPIRE uses with each key type for its CA and JWT signatures.
 SIGNING = {km.EC_P256: km.SHA256, km.EC_P384: km.SHA384, km.RSA_2048: km.SHA256, km.RSA_4096: km.SHA256}
 EXIT_WAIT = 5.0  # the plugin polls the process SPIRE started once a second
-
-
-def _uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid line for pid {pid}")
 
 
 def _wait_empty(directory: Path, timeout: float) -> list[str]:
@@ -44,7 +38,7 @@ def test_serves_every_key_type_as_uid_1000(make_box: MakeBox, emulator: Emulator
     with box.start(container_env(emulator.url)) as plugin:
         pids = plugin.all_pids()
         assert len(pids) == 3, "staticx's bootloader, PyInstaller's bootloader and Python"
-        assert {_uid_of(pid) for pid in pids} == {1000}
+        assert {uid_of(pid) for pid in pids} == {1000}
         plugin.configure(COMMUNITY_CONFIG)
         for key_type, hash_algorithm in SIGNING.items():
             key_id = f"x509-CA-{km.KeyType.Name(key_type)}"

@@ -97,6 +97,14 @@ def glibc_version(root: Path) -> str:
     return found[0].name.removeprefix("libc-").removesuffix(".so")
 
 
+def uid_of(pid: int) -> int:
+    """The real uid process `pid` runs as."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line in /proc/{pid}/status")
+
+
 @dataclass(frozen=True)
 class Container:
     root: Path
