@@ -61,7 +61,7 @@ _KEY_SPECS = {
 }
 _KEY_TYPES = {spec: key_type for key_type, spec in _KEY_SPECS.items()}
 
-# The only hash KMS accepts for each curve.
+# The only hash KMS accepts for each curve; its digest is as long as the curve's order.
 _ECDSA = {
     KeyType.EC_P256: (HashAlgorithm.SHA256, "ECDSA_SHA_256"),
     KeyType.EC_P384: (HashAlgorithm.SHA384, "ECDSA_SHA_384"),
@@ -79,8 +79,18 @@ class SignRequest:
 
     key_type: KeyType
     hash_algorithm: int
-    digest_length: int
+    digest: bytes
     pss_salt_length: int | None = None
+
+
+@dataclass(frozen=True)
+class SigningPlan:
+    """What to ask KMS for: a SigningAlgorithm and the digest to sign as MessageType=DIGEST."""
+
+    algorithm: str
+    digest: bytes
+    # The hash SPIRE named, when its digest was fitted to the curve's hash (ECDSA only).
+    fitted_from: HashAlgorithm | None = None
 
 
 def key_spec_for(key_type: KeyType) -> str:
@@ -109,12 +119,22 @@ def _parse_hash(value: int) -> HashAlgorithm:
         raise InvalidArgument(f"unsupported hash algorithm {value}") from None
 
 
-def signing_algorithm(request: SignRequest) -> str:
-    """The KMS SigningAlgorithm for a request, or InvalidArgument saying why KMS cannot serve it."""
+def fit_to_curve(digest: bytes, size: int) -> bytes:
+    """The digest ECDSA signs on a curve of `size` bytes: ECDSA uses only the leftmost curve-size bits of a
+    digest (FIPS 186-5 6.4.1, SEC 1 4.1.3), and a shorter digest is the same number with leading zeros. So
+    KMS, signing the fitted digest with the curve's own algorithm, gives a standard ECDSA signature of the
+    original digest."""
+    if len(digest) >= size:
+        return digest[:size]
+    return bytes(size - len(digest)) + digest
+
+
+def plan_signature(request: SignRequest) -> SigningPlan:
+    """How KMS can sign a request, or InvalidArgument saying why it cannot."""
     hash_algorithm = _parse_hash(request.hash_algorithm)
-    if request.digest_length != hash_algorithm.digest_size:
+    if len(request.digest) != hash_algorithm.digest_size:
         raise InvalidArgument(
-            f"digest is {request.digest_length} bytes but {hash_algorithm.name} digests are "
+            f"digest is {len(request.digest)} bytes but {hash_algorithm.name} digests are "
             f"{hash_algorithm.digest_size} bytes"
         )
     key_type = request.key_type
@@ -122,20 +142,19 @@ def signing_algorithm(request: SignRequest) -> str:
         if request.pss_salt_length is not None:
             raise InvalidArgument(f"PSS options are not supported by {key_type.name} keys")
         curve_hash, algorithm = _ECDSA[key_type]
-        if hash_algorithm is not curve_hash:
-            raise InvalidArgument(
-                f"KMS cannot sign {hash_algorithm.name} digests with an {key_spec_for(key_type)} key; "
-                f"it signs only {curve_hash.name} with this curve"
-            )
-        return algorithm
+        if hash_algorithm is curve_hash:
+            return SigningPlan(algorithm, request.digest)
+        return SigningPlan(algorithm, fit_to_curve(request.digest, curve_hash.digest_size), hash_algorithm)
 
     suffix = _RSA_HASH_SUFFIX.get(hash_algorithm)
     if suffix is None:
+        # Unlike ECDSA, an RSA signature carries the name of its hash: no other digest can stand in.
         raise InvalidArgument(
-            f"KMS cannot sign {hash_algorithm.name} digests with RSA keys; use SHA256, SHA384 or SHA512"
+            f"KMS has no RSA signing algorithm for {hash_algorithm.name} digests (an RSA signature names "
+            "its hash, so no other can stand in); use SHA256, SHA384 or SHA512"
         )
     if request.pss_salt_length is None:
-        return f"RSASSA_PKCS1_V1_5_SHA_{suffix}"
+        return SigningPlan(f"RSASSA_PKCS1_V1_5_SHA_{suffix}", request.digest)
     salt = request.pss_salt_length
     if salt not in (PSS_SALT_EQUALS_HASH, PSS_SALT_AUTO, hash_algorithm.digest_size):
         raise InvalidArgument(
@@ -143,4 +162,4 @@ def signing_algorithm(request: SignRequest) -> str:
             f"hash ({hash_algorithm.digest_size} bytes for {hash_algorithm.name}); use -1, 0 or "
             f"{hash_algorithm.digest_size}"
         )
-    return f"RSASSA_PSS_SHA_{suffix}"
+    return SigningPlan(f"RSASSA_PSS_SHA_{suffix}", request.digest)

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from plugin.algorithms import KeyType, SignRequest, key_spec_for, key_type_for_spec, signing_algorithm
+from plugin.algorithms import KeyType, SignRequest, key_spec_for, key_type_for_spec, plan_signature
 from plugin.clock import SYSTEM_CLOCK, Clock
 from plugin.errors import ErrorKind, FailedPrecondition, NotFound, PluginError
 from plugin.keypolicy import NOT_A_ROLE_WARNING, default_key_policy
@@ -288,9 +288,16 @@ class KeyManager:
         key = state.keys.get(key_id)
         if key is None:
             raise NotFound(f'no such key "{key_id}"')
-        algorithm = signing_algorithm(SignRequest(key.key_type, hash_algorithm, len(digest), pss_salt_length))
+        plan = plan_signature(SignRequest(key.key_type, hash_algorithm, digest, pss_salt_length))
+        if plan.fitted_from is not None:
+            log.debug(
+                "ECDSA digest fitted to the curve's hash",
+                key_id=key_id,
+                hash_algorithm=plan.fitted_from.name,
+                signing_algorithm=plan.algorithm,
+            )
         try:
-            signature = state.kms.sign(key.key_arn, digest, algorithm)
+            signature = state.kms.sign(key.key_arn, plan.digest, plan.algorithm)
         except KmsError as err:
             raise plugin_error(err, f'sign with key "{key_id}"') from None
         return signature, key.fingerprint

@@ -19,17 +19,14 @@ from tests.support.kms_emulator import EmulatorControl
 from tests.support.plugin_host import PluginProcess
 from tests.support.signatures import HASHES, KEY_TYPES, digest_of, verify
 
-# Every signing combination SPIRE's own key manager conformance suite uses, with the answer KMS allows.
+# Every signing combination SPIRE's own key manager conformance suite uses, all served (ECDSA digests of
+# another hash than the curve's are fitted to it), and one KMS cannot serve.
 # (key type, hash, pss salt or None) -> served?
 SIGNING_CASES = [
     *[(kt, h, None, True) for kt in (km.RSA_2048, km.RSA_4096) for h in HASHES],
     *[(kt, h, -1, True) for kt in (km.RSA_2048, km.RSA_4096) for h in HASHES],
-    (km.EC_P256, km.SHA256, None, True),
-    (km.EC_P256, km.SHA384, None, False),
-    (km.EC_P256, km.SHA512, None, False),
-    (km.EC_P384, km.SHA256, None, False),
-    (km.EC_P384, km.SHA384, None, True),
-    (km.EC_P384, km.SHA512, None, False),
+    *[(kt, h, None, True) for kt in (km.EC_P256, km.EC_P384) for h in HASHES],
+    (km.RSA_2048, km.SHA224, None, False),
 ]
 
 
@@ -88,6 +85,17 @@ def test_every_conformance_signing_combination(plugin: PluginProcess, emulator: 
         tampered = answer.signature[:-1] + bytes([answer.signature[-1] ^ 1])
         with pytest.raises(InvalidSignature):
             verify(key.pkix_data, tampered, hash_algorithm, salt)
+    fitted = [
+        (entry["key_id"], entry["hash_algorithm"], entry["signing_algorithm"])
+        for entry in plugin.log_lines()
+        if entry.get("@message") == "ECDSA digest fitted to the curve's hash"
+    ]
+    assert sorted(fitted) == [
+        ("key-EC_P256", "SHA384", "ECDSA_SHA_256"),
+        ("key-EC_P256", "SHA512", "ECDSA_SHA_256"),
+        ("key-EC_P384", "SHA256", "ECDSA_SHA_384"),
+        ("key-EC_P384", "SHA512", "ECDSA_SHA_384"),
+    ]
 
 
 @pytest.mark.parametrize("salt", [0, 32])

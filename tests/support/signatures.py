@@ -16,12 +16,14 @@ KEY_TYPES = {
     km.RSA_2048: (rsa.RSAPublicKey, 2048),
     km.RSA_4096: (rsa.RSAPublicKey, 4096),
 }
+# The hashes every key type can sign with (RSA: those KMS has an algorithm for).
 HASHES = {km.SHA256: hashes.SHA256(), km.SHA384: hashes.SHA384(), km.SHA512: hashes.SHA512()}
+_ALL_HASHES = {**HASHES, km.SHA224: hashes.SHA224()}
 MESSAGE = b"SPIRE signs certificates and JWTs"
 
 
 def digest_of(hash_algorithm: int) -> bytes:
-    return hashlib.new(HASHES[hash_algorithm].name, MESSAGE).digest()
+    return hashlib.new(_ALL_HASHES[hash_algorithm].name, MESSAGE).digest()
 
 
 def verify(pkix_der: bytes, signature: bytes, hash_algorithm: int, pss_salt: int | None) -> None:

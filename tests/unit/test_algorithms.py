@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from plugin.algorithms import (
     HashAlgorithm,
     KeyType,
     SignRequest,
+    fit_to_curve,
     key_spec_for,
     key_type_for_spec,
     parse_key_type,
-    signing_algorithm,
+    plan_signature,
 )
 from plugin.errors import InvalidArgument
 
 SERVABLE = {
-    (KeyType.EC_P256, HashAlgorithm.SHA256, False): "ECDSA_SHA_256",
-    (KeyType.EC_P384, HashAlgorithm.SHA384, False): "ECDSA_SHA_384",
+    # ECDSA signs any digest: KMS gets it fitted to the curve's own hash.
+    **{(KeyType.EC_P256, hash_, False): "ECDSA_SHA_256" for hash_ in HashAlgorithm},
+    **{(KeyType.EC_P384, hash_, False): "ECDSA_SHA_384" for hash_ in HashAlgorithm},
     **{
         (rsa, hash_, pss): f"RSASSA_{'PSS' if pss else 'PKCS1_V1_5'}_SHA_{bits}"
         for rsa in (KeyType.RSA_2048, KeyType.RSA_4096)
@@ -39,18 +44,18 @@ SERVABLE = {
 def test_every_combination_is_served_or_refused_with_a_reason(
     key_type: KeyType, hash_algorithm: HashAlgorithm, pss: bool
 ) -> None:
-    request = SignRequest(key_type, hash_algorithm, hash_algorithm.digest_size, -1 if pss else None)
+    request = SignRequest(key_type, hash_algorithm, bytes(hash_algorithm.digest_size), -1 if pss else None)
     expected = SERVABLE.get((key_type, hash_algorithm, pss))
     if expected is not None:
-        assert signing_algorithm(request) == expected
+        assert plan_signature(request).algorithm == expected
         return
     with pytest.raises(InvalidArgument) as refused:
-        signing_algorithm(request)
+        plan_signature(request)
     message = refused.value.message
     if pss and not key_type.is_rsa:
         assert message == f"PSS options are not supported by {key_type.name} keys"
     else:
-        assert hash_algorithm.name in message
+        assert message.startswith(f"KMS has no RSA signing algorithm for {hash_algorithm.name} digests")
 
 
 @pytest.mark.parametrize("hash_algorithm", list(HashAlgorithm))
@@ -58,7 +63,7 @@ def test_every_combination_is_served_or_refused_with_a_reason(
 def test_digest_length_must_match_the_hash(hash_algorithm: HashAlgorithm, delta: int) -> None:
     length = max(0, hash_algorithm.digest_size + delta)
     with pytest.raises(InvalidArgument, match=f"digest is {length} bytes but {hash_algorithm.name} digests"):
-        signing_algorithm(SignRequest(KeyType.RSA_2048, hash_algorithm, length))
+        plan_signature(SignRequest(KeyType.RSA_2048, hash_algorithm, bytes(length)))
 
 
 @pytest.mark.parametrize(
@@ -77,18 +82,89 @@ def test_digest_length_must_match_the_hash(hash_algorithm: HashAlgorithm, delta:
     ],
 )
 def test_pss_salt_lengths_kms_can_honour(hash_algorithm: HashAlgorithm, salt: int, served: bool) -> None:
-    request = SignRequest(KeyType.RSA_4096, hash_algorithm, hash_algorithm.digest_size, salt)
+    request = SignRequest(KeyType.RSA_4096, hash_algorithm, bytes(hash_algorithm.digest_size), salt)
     if served:
-        assert signing_algorithm(request).startswith("RSASSA_PSS_")
+        assert plan_signature(request).algorithm.startswith("RSASSA_PSS_")
     else:
         with pytest.raises(InvalidArgument, match=f"PSS salt length {salt} is not supported"):
-            signing_algorithm(request)
+            plan_signature(request)
 
 
 @pytest.mark.parametrize(("value", "message"), [(0, "hash algorithm is required"), (99, "unsupported hash")])
 def test_unknown_or_missing_hash(value: int, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        signing_algorithm(SignRequest(KeyType.EC_P256, value, 32))
+        plan_signature(SignRequest(KeyType.EC_P256, value, bytes(32)))
+
+
+# SHA-512("abc") and SHA-256("abc"), FIPS 180-4's examples.
+SHA512_ABC = bytes.fromhex(
+    "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
+    "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+)
+SHA256_ABC = bytes.fromhex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+def test_a_longer_ecdsa_digest_keeps_its_leftmost_bytes() -> None:
+    plan = plan_signature(SignRequest(KeyType.EC_P256, HashAlgorithm.SHA512, SHA512_ABC))
+    assert plan.algorithm == "ECDSA_SHA_256"
+    assert plan.digest == bytes.fromhex("ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a")
+    assert plan.fitted_from is HashAlgorithm.SHA512
+
+
+def test_a_shorter_ecdsa_digest_gets_leading_zeros() -> None:
+    plan = plan_signature(SignRequest(KeyType.EC_P384, HashAlgorithm.SHA256, SHA256_ABC))
+    assert plan.algorithm == "ECDSA_SHA_384"
+    assert plan.digest == bytes(16) + SHA256_ABC
+    assert len(plan.digest) == 48
+    assert plan.fitted_from is HashAlgorithm.SHA256
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384])
+def test_the_curves_own_hash_is_sent_as_it_is(key_type: KeyType) -> None:
+    hash_algorithm = HashAlgorithm.SHA256 if key_type is KeyType.EC_P256 else HashAlgorithm.SHA384
+    digest = bytes(range(hash_algorithm.digest_size))
+    plan = plan_signature(SignRequest(key_type, hash_algorithm, digest))
+    assert (plan.digest, plan.fitted_from) == (digest, None)
+
+
+_CURVES = {
+    KeyType.EC_P256: (ec.SECP256R1(), hashes.SHA256()),
+    KeyType.EC_P384: (ec.SECP384R1(), hashes.SHA384()),
+}
+_HASHES = {
+    HashAlgorithm.SHA224: hashes.SHA224(),
+    HashAlgorithm.SHA256: hashes.SHA256(),
+    HashAlgorithm.SHA384: hashes.SHA384(),
+    HashAlgorithm.SHA512: hashes.SHA512(),
+    HashAlgorithm.SHA3_224: hashes.SHA3_224(),
+    HashAlgorithm.SHA3_256: hashes.SHA3_256(),
+    HashAlgorithm.SHA3_384: hashes.SHA3_384(),
+    HashAlgorithm.SHA3_512: hashes.SHA3_512(),
+    HashAlgorithm.SHA512_224: hashes.SHA512_224(),
+    HashAlgorithm.SHA512_256: hashes.SHA512_256(),
+}
+
+
+@pytest.mark.parametrize("key_type", list(_CURVES))
+@pytest.mark.parametrize("hash_algorithm", list(HashAlgorithm))
+def test_signing_the_fitted_digest_is_a_standard_ecdsa_signature_of_the_original(
+    key_type: KeyType, hash_algorithm: HashAlgorithm
+) -> None:
+    # What KMS does with the plan (sign the fitted digest as the curve's own hash), done here with a local
+    # key; the signature must verify as an ECDSA signature of the digest SPIRE sent, with its own hash.
+    curve, curve_hash = _CURVES[key_type]
+    private = ec.generate_private_key(curve)
+    original = hashlib.new(_HASHES[hash_algorithm].name, b"SPIRE").digest()
+    plan = plan_signature(SignRequest(key_type, hash_algorithm, original))
+    signature = private.sign(plan.digest, ec.ECDSA(utils.Prehashed(curve_hash)))
+    private.public_key().verify(signature, original, ec.ECDSA(utils.Prehashed(_HASHES[hash_algorithm])))
+
+
+@pytest.mark.parametrize(
+    ("digest", "size", "fitted"), [(b"\x01\x02\x03", 2, b"\x01\x02"), (b"\x07", 3, b"\x00\x00\x07")]
+)
+def test_fit_to_curve(digest: bytes, size: int, fitted: bytes) -> None:
+    assert fit_to_curve(digest, size) == fitted
 
 
 @pytest.mark.parametrize("key_type", list(KeyType))
