@@ -9,7 +9,7 @@
 #
 #   scripts/install_spire.sh
 #
-#   SPIRE_VERSION   the SPIRE release to install (default v1.13.3)
+#   SPIRE_VERSION   the SPIRE release to install (default v1.13.3; the tests also use v1.15.3)
 #   SPIRE_CACHE_DIR where to keep it (default ${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager)
 #   GO              the go command (default: go on PATH, else /usr/local/go/bin/go); Go >= 1.26
 #   MUSL_CC         musl's gcc wrapper (default musl-gcc, Debian's musl-tools); SPIRE's sqlite needs cgo
@@ -81,7 +81,14 @@ log "installing spire-server $version (static, musl) with $go_version: it compil
     "$go" mod init aws-kms-keymanager/spire-install 2>&1 |
         grep -v -e "^go: creating new go.mod" -e "^go: to add module requirements" >&2 || true
     [[ -f go.mod ]]
-    "$go" get -tool "github.com/spiffe/spire/cmd/spire-server@$version" >&2
+    # SPIRE v1.15 requires ejbca-go-client-sdk v1.1.0 (an upstream-authority plugin's client), which the Go
+    # module proxy does not serve; v1.0.2 builds. Other versions never ask for v1.1.0.
+    "$go" mod edit -replace=github.com/Keyfactor/ejbca-go-client-sdk@v1.1.0=github.com/Keyfactor/ejbca-go-client-sdk@v1.0.2
+    # `go get` lists every module it adds: keep that for when it fails.
+    if ! "$go" get -tool "github.com/spiffe/spire/cmd/spire-server@$version" 2>go-get.log; then
+        cat go-get.log >&2
+        exit 1
+    fi
     "$go" install -trimpath -ldflags '-s -w -linkmode external -extldflags "-static"' \
         github.com/spiffe/spire/cmd/spire-server >&2
 )

@@ -1,9 +1,10 @@
-"""End-to-end: a real spire-server v1.13.3 with the frozen plugin (and with SPIRE's built-in aws_kms), both
-against the KMS emulator on loopback.
+"""End-to-end: a real spire-server with the frozen plugin (and with SPIRE's built-in aws_kms), both against
+the KMS emulator on loopback. Every test runs on each of SPIRE_VERSIONS: v1.13.3, the oldest release we
+support, and v1.15.3, the current one.
 
 The first session installs spire-server with scripts/install_spire.sh (minutes: it compiles SPIRE) into
 ~/.cache/aws-kms-keymanager/; later sessions, and CI runs on fresh clones of the same machine, reuse it.
-SPIRE_SERVER_BINARY points the tests at a spire-server installed some other way.
+SPIRE_SERVER_BINARY points the tests of its version at a spire-server installed some other way.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.support.kms_emulator import (
 )
 from tests.support.spire_server import (
     REGION,
+    SPIRE_VERSIONS,
     KeyManagerBlock,
     ServerSettings,
     SpireServer,
@@ -40,11 +42,16 @@ COMMUNITY_SAMPLE: Mapping[str, Any] = {
 }
 COMMUNITY_PREFIX = "alias/SPIRE_SERVER_KEY/"
 
-_install_seconds: list[float] = []
+_install_seconds: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session", params=SPIRE_VERSIONS)
+def spire_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def spire_binary(pytestconfig: pytest.Config) -> Path:
+def spire_binary(pytestconfig: pytest.Config, spire_version: str) -> Path:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
 
     def progress(line: str) -> None:
@@ -52,15 +59,15 @@ def spire_binary(pytestconfig: pytest.Config) -> Path:
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             print(f"\n{line}", file=sys.stderr, flush=True)
 
-    installed = install_spire(progress=progress)
-    _install_seconds.append(installed.seconds)
+    installed = install_spire(spire_version, progress=progress)
+    _install_seconds[spire_version] = installed.seconds
     return installed.binary
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _install_seconds:
+    for version, seconds in _install_seconds.items():
         terminalreporter.write_line(
-            f"e2e: scripts/install_spire.sh took {_install_seconds[0]:.1f} s (cached after the first run)"
+            f"e2e: scripts/install_spire.sh {version} took {seconds:.1f} s (cached after the first run)"
         )
 
 

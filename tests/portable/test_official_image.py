@@ -12,6 +12,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,17 @@ WORKLOAD = "spiffe://example.org/workload"
 EXIT_WAIT = 10.0
 
 
-def dockerfile_plugin_path() -> str:
-    """Where the Dockerfile puts the plugin (its one COPY), after checking it builds on the official image."""
+@dataclass(frozen=True)
+class Recipe:
+    spire_version: str  # of the official image it builds on
+    plugin_path: str  # where its one COPY puts the plugin
+
+
+def dockerfile_recipe() -> Recipe:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM ghcr\.io/spiffe/spire-server:\d+\.\d+\.\d+$", text, re.MULTILINE), text
+    (version,) = re.findall(r"^FROM ghcr\.io/spiffe/spire-server:(\d+\.\d+\.\d+)$", text, re.MULTILINE)
     (copy,) = re.findall(r"^COPY --chmod=0555 aws-kms-keymanager (/\S+)$", text, re.MULTILINE)
-    return str(copy)
+    return Recipe(f"v{version}", str(copy))
 
 
 @pytest.fixture
@@ -64,7 +70,8 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def spire_binary() -> Path:
-    return install_spire().binary
+    """The static spire-server of the release the Dockerfile builds on."""
+    return install_spire(dockerfile_recipe().spire_version).binary
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ def kms(emulator: EmulatorControl) -> Any:
 def test_spire_server_runs_our_plugin_in_the_official_image_layout(
     spire_binary: Path, plugin_binary: Path, emulator: EmulatorControl, workdir: Path, kms: Any
 ) -> None:
-    plugin_path = dockerfile_plugin_path()
+    plugin_path = dockerfile_recipe().plugin_path
     (workdir / "server").mkdir()
     container = Container(
         empty_root(workdir),
