@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import types
 import unicodedata
 import urllib.parse
@@ -37,6 +38,8 @@ MAX_TAGS = 50
 MAX_TAG_KEY_LENGTH = 128
 MAX_TAG_VALUE_LENGTH = 256
 MAX_KEY_POLICY_BYTES = 32 * 1024
+# A server id is a UUID; a hand-edited file may add a newline or spaces, not kilobytes.
+MAX_SERVER_ID_FILE_BYTES = 1024
 RESERVED_TAG_PREFIX_PLUGIN = "spire-"
 
 KNOWN_KEYS = (
@@ -97,6 +100,7 @@ class AssumeRole:
 @dataclass(frozen=True)
 class ServerIdFile:
     path: str
+    key: str = "key_identifier_file"  # or its deprecated spelling, key_metadata_file, as configured
 
 
 @dataclass(frozen=True)
@@ -175,13 +179,12 @@ def parse_config(hcl_text: str, trust_domain: str) -> Config:
 
 def read_key_policy(path: str) -> str:
     """The key policy text, verbatim, once it is known to be a JSON object KMS could accept."""
-    try:
-        with open(path, encoding="utf-8") as policy_file:
-            text = policy_file.read()
-    except OSError as err:
-        raise ConfigError([f'key_policy_file "{path}" cannot be read: {_os_reason(err)}']) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f'key_policy_file "{path}" cannot be read: it is not UTF-8 text']) from None
+    too_large = f"KMS key policies may be at most {MAX_KEY_POLICY_BYTES} bytes"
+    text = _read_small_file(
+        "key_policy_file", path, MAX_KEY_POLICY_BYTES, too_large, "cannot be read: it is not UTF-8 text"
+    )
+    if text is None:
+        raise ConfigError([f'key_policy_file "{path}" cannot be read: No such file or directory'])
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
@@ -190,14 +193,6 @@ def read_key_policy(path: str) -> str:
         raise ConfigError(
             [f'key_policy_file "{path}" must hold a JSON object (a key policy), not {_json_kind(document)}']
         )
-    size = len(text.encode("utf-8"))
-    if size > MAX_KEY_POLICY_BYTES:
-        raise ConfigError(
-            [
-                f'key_policy_file "{path}" is too large: KMS key policies may be at most '
-                f"{MAX_KEY_POLICY_BYTES} bytes, not {size}"
-            ]
-        )
     return text
 
 
@@ -205,17 +200,16 @@ def load_server_id(source: ServerIdFile | ServerIdValue) -> str:
     """The server id; a missing id file is created with a new random UUID, readable only by us."""
     if isinstance(source, ServerIdValue):
         return source.value
-    path = source.path
-    text = _read_id_file(path)
+    text = _read_id_file(source)
     if text is None:
         try:
-            return _create_id_file(path)
+            return _create_id_file(source)
         except FileExistsError:
             # Another server process sharing the file created it first: use its id.
-            text = _read_id_file(path)
+            text = _read_id_file(source)
             if text is None:
-                raise ConfigError([f'key_identifier_file "{path}" cannot be created: File exists']) from None
-    return _parse_server_id(path, text)
+                raise ConfigError([f'{source.key} "{source.path}" cannot be created: File exists']) from None
+    return _parse_server_id(source, text)
 
 
 def check_files(config: Config) -> list[str]:
@@ -227,13 +221,13 @@ def check_files(config: Config) -> list[str]:
         except ConfigError as err:
             problems.extend(err.problems)
     if isinstance(config.server_id, ServerIdFile):
-        path = config.server_id.path
+        source = config.server_id
         try:
-            text = _read_id_file(path)
+            text = _read_id_file(source)
             if text is None:
-                problems.extend(_creatable_problems(path))
+                problems.extend(_creatable_problems(source))
             else:
-                _parse_server_id(path, text)
+                _parse_server_id(source, text)
         except ConfigError as err:
             problems.extend(err.problems)
     return problems
@@ -350,7 +344,7 @@ def _naming(
             if trust_domain_ok:
                 problems.extend(alias_problems(BuiltinScheme(trust_domain, value), key))
         else:
-            server_id = ServerIdFile(value)
+            server_id = ServerIdFile(value, key)
             if trust_domain_ok:
                 problems.extend(
                     alias_problems(BuiltinScheme(trust_domain, _SERVER_ID_STAND_IN), "trust_domain")
@@ -530,30 +524,64 @@ def _os_reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def _read_id_file(path: str) -> str | None:
-    """The id file's text, or None when there is no such file."""
+_NOT_A_SERVER_ID = "does not hold a server id (a UUID)"
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read_small_file(key: str, path: str, limit: int, too_large: str, not_text: str) -> str | None:
+    """The UTF-8 text of a regular file of at most `limit` bytes; None when there is no such file. The
+    problems name `key`; `too_large` and `not_text` say what is wrong with such a file.
+
+    Opened without blocking (a named pipe with no writer would hold the call, and a gRPC worker, for ever),
+    refused unless it is a regular file (/dev/zero never ends), and never read past the limit."""
+    if "\0" in path:
+        raise ConfigError([f"{key} must not contain a NUL character"])
     try:
-        with open(path, encoding="utf-8") as id_file:
-            return id_file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise ConfigError([f'key_identifier_file "{path}" cannot be read: {_os_reason(err)}']) from None
+        raise ConfigError([f'{key} "{path}" cannot be read: {_os_reason(err)}']) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        for is_kind, kind in _FILE_KINDS:
+            if is_kind(mode):
+                raise ConfigError([f'{key} "{path}" is {kind}, not a file'])
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError([f'{key} "{path}" is too large: {too_large}'])
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError([f'key_identifier_file "{path}" does not hold a server id (a UUID)']) from None
+        raise ConfigError([f'{key} "{path}" {not_text}']) from None
 
 
-def _parse_server_id(path: str, text: str) -> str:
+def _read_id_file(source: ServerIdFile) -> str | None:
+    """The id file's text, or None when there is no such file."""
+    too_large = f"a server id (a UUID) takes 36 bytes, not more than {MAX_SERVER_ID_FILE_BYTES}"
+    return _read_small_file(source.key, source.path, MAX_SERVER_ID_FILE_BYTES, too_large, _NOT_A_SERVER_ID)
+
+
+def _parse_server_id(source: ServerIdFile, text: str) -> str:
     # SPIRE's built-in plugin parses the file as a UUID and uses its canonical (lower-case) form; doing the
     # same keeps its aliases. A trailing newline from a hand edit is forgiven.
     try:
         return str(uuid.UUID(text.strip()))
     except ValueError:
         # The content is not echoed: a mistyped path could point at a file holding secrets.
-        raise ConfigError([f'key_identifier_file "{path}" does not hold a server id (a UUID)']) from None
+        raise ConfigError([f'{source.key} "{source.path}" {_NOT_A_SERVER_ID}']) from None
 
 
-def _create_id_file(path: str) -> str:
+def _create_id_file(source: ServerIdFile) -> str:
+    path, key = source.path, source.key
     server_id = str(uuid.uuid4())
     try:
         # O_EXCL: never overwrite an id another process has just written.
@@ -561,7 +589,7 @@ def _create_id_file(path: str) -> str:
     except FileExistsError:
         raise
     except OSError as err:
-        raise ConfigError([f'key_identifier_file "{path}" cannot be created: {_os_reason(err)}']) from None
+        raise ConfigError([f'{key} "{path}" cannot be created: {_os_reason(err)}']) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as id_file:
             # The umask may have taken more than we asked for; the file must stay ours to read and fix.
@@ -573,14 +601,18 @@ def _create_id_file(path: str) -> str:
         # An empty id file would stop the next start; leave nothing rather than that.
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise ConfigError([f'key_identifier_file "{path}" cannot be written: {_os_reason(err)}']) from None
+        raise ConfigError([f'{key} "{path}" cannot be written: {_os_reason(err)}']) from None
     return server_id
 
 
-def _creatable_problems(path: str) -> list[str]:
+def _creatable_problems(source: ServerIdFile) -> list[str]:
+    path, key = source.path, source.key
+    if os.path.islink(path):
+        # Creating through it would fail with "File exists" at Configure.
+        return [f'{key} "{path}" is a symbolic link to "{os.readlink(path)}", which does not exist']
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
-        return [f'key_identifier_file "{path}" cannot be created: directory "{parent}" does not exist']
+        return [f'{key} "{path}" cannot be created: directory "{parent}" does not exist']
     if not os.access(parent, os.W_OK | os.X_OK):
-        return [f'key_identifier_file "{path}" cannot be created: directory "{parent}" is not writable']
+        return [f'{key} "{path}" cannot be created: directory "{parent}" is not writable']
     return []

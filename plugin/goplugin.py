@@ -43,7 +43,7 @@ _PR_SET_PDEATHSIG = 1
 log = get_logger("goplugin")
 
 
-class _Stopper:
+class Stopper:
     """One event that every reason to stop sets, and every long-lived stream waits on."""
 
     def __init__(self) -> None:
@@ -78,7 +78,7 @@ class _Broker(broker_pb2_grpc.GRPCBrokerServicer):
 class _Stdio(stdio_pb2_grpc.GRPCStdioServicer):
     """Logs go straight to stderr, so nothing is ever forwarded here; the stream just stays open."""
 
-    def __init__(self, stopper: _Stopper) -> None:
+    def __init__(self, stopper: Stopper) -> None:
         self._stopper = stopper
 
     def StreamStdio(self, request: Any, context: grpc.ServicerContext) -> Iterator[stdio_pb2.StdioData]:
@@ -88,7 +88,7 @@ class _Stdio(stdio_pb2_grpc.GRPCStdioServicer):
 
 
 class _Controller(controller_pb2_grpc.GRPCControllerServicer):
-    def __init__(self, stopper: _Stopper) -> None:
+    def __init__(self, stopper: Stopper) -> None:
         self._stopper = stopper
 
     def Shutdown(self, request: controller_pb2.Empty, context: grpc.ServicerContext) -> controller_pb2.Empty:
@@ -100,7 +100,7 @@ class _Controller(controller_pb2_grpc.GRPCControllerServicer):
 class _Health(health_pb2_grpc.HealthServicer):
     _SERVED = ("", "plugin")
 
-    def __init__(self, stopper: _Stopper) -> None:
+    def __init__(self, stopper: Stopper) -> None:
         self._stopper = stopper
 
     def _status(self, service: str) -> health_pb2.HealthCheckResponse:
@@ -137,6 +137,25 @@ def handshake_line(socket_path: str, app_version: int = APP_PROTOCOL_VERSION) ->
     return f"{CORE_PROTOCOL_VERSION}|{app_version}|unix|{socket_path}|grpc\n"
 
 
+def stop_on_sigterm(stopper: Stopper) -> None:
+    """SIGTERM stops the plugin. A Python signal handler runs in the main thread between two bytecodes, maybe
+    while that thread holds the stop event's own lock (inside Event.wait), so it must not touch the event: the
+    handler does nothing, and a thread woken by the interpreter's wake-up pipe (written from C, lock-free)
+    sets it. Call from the main thread."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+
+    def wait_for_sigterm() -> None:
+        while data := os.read(read_end, 64):
+            if signal.SIGTERM in data:
+                stopper.stop("SIGTERM")
+                return
+
+    threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
+
+
 def _die_with_parent() -> None:
     """Ask the kernel for SIGTERM when our parent dies, at once; the launchers above it are polled."""
     try:
@@ -146,7 +165,7 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) is unavailable; relying on polling the parent pid")
 
 
-def _watch_launchers(launchers: Launchers, stopper: _Stopper) -> None:
+def _watch_launchers(launchers: Launchers, stopper: Stopper) -> None:
     while not stopper.event.wait(PARENT_POLL_SECONDS):
         if not launchers.intact():
             stopper.stop("the process the host started exited")
@@ -169,10 +188,10 @@ def serve(
         )
         return 1
 
-    stopper = _Stopper()
+    stopper = Stopper()
     # The host handles Ctrl-C for its whole process group and shuts us down through the controller.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stopper.stop("SIGTERM"))
+    stop_on_sigterm(stopper)
     _die_with_parent()
 
     socket_dir = tempfile.mkdtemp(prefix="plugin")  # mkdtemp makes it 0700

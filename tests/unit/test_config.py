@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,7 @@ def problems_of(hcl_text: str, trust_domain: str = TD) -> tuple[str, ...]:
             REGION + 'key_metadata_file = "/var/lib/spire/server-id"',
             expected(
                 key_prefix=None,
-                server_id=ServerIdFile("/var/lib/spire/server-id"),
+                server_id=ServerIdFile("/var/lib/spire/server-id", "key_metadata_file"),
                 warnings=("key_metadata_file is deprecated: use key_identifier_file instead",),
             ),
             id="key_metadata_file is the deprecated key_identifier_file",
@@ -695,7 +698,7 @@ def test_read_key_policy_returns_the_text_verbatim(tmp_path: Path) -> None:
         pytest.param(b"\xff\xfe{}", "cannot be read: it is not UTF-8 text", id="not UTF-8"),
         pytest.param(
             b'{"a": "' + b"x" * 32763 + b'"}',
-            "is too large: KMS key policies may be at most 32768 bytes, not 32772",
+            "is too large: KMS key policies may be at most 32768 bytes",
             id="too large",
         ),
     ],
@@ -718,7 +721,7 @@ def test_read_key_policy_at_the_size_limit(tmp_path: Path) -> None:
 def test_read_key_policy_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         read_key_policy(str(tmp_path))
-    assert caught.value.problems == (f'key_policy_file "{tmp_path}" cannot be read: Is a directory',)
+    assert caught.value.problems == (f'key_policy_file "{tmp_path}" is a directory, not a file',)
 
 
 # --- server id ----------------------------------------------------------------------------------
@@ -810,7 +813,7 @@ def test_load_server_id_needs_the_parent_directory(tmp_path: Path) -> None:
 def test_load_server_id_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_server_id(ServerIdFile(str(tmp_path)))
-    assert caught.value.problems == (f'key_identifier_file "{tmp_path}" cannot be read: Is a directory',)
+    assert caught.value.problems == (f'key_identifier_file "{tmp_path}" is a directory, not a file',)
 
 
 # --- check_files (Validate) ---------------------------------------------------------------------
@@ -883,5 +886,106 @@ def test_check_files_relative_id_file_in_current_directory(
 
 def test_check_files_id_file_is_a_directory(tmp_path: Path) -> None:
     assert check_files(config_with(id_file=str(tmp_path))) == [
-        f'key_identifier_file "{tmp_path}" cannot be read: Is a directory'
+        f'key_identifier_file "{tmp_path}" is a directory, not a file'
     ]
+
+
+# --- hostile files: each answered at once, without reading more than the limit -----------------------
+
+
+def _answered_within(seconds: float, call: Callable[[], object]) -> object:
+    """call()'s result or the exception it raised, failing the test if it does not return within `seconds`
+    (its thread is left behind, a daemon, for the fixtures to free)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        pytest.fail(f"no answer within {seconds} s")
+    return outcome[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    yield path
+    # Frees a reader still blocked on it (only if the code under test opened it blocking).
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("key", ["key_policy_file", "key_identifier_file", "key_metadata_file"])
+def test_a_named_pipe_is_refused_at_once(fifo: Path, key: str) -> None:
+    if key == "key_policy_file":
+        outcome = _answered_within(5, lambda: read_key_policy(str(fifo)))
+    else:
+        outcome = _answered_within(5, lambda: load_server_id(ServerIdFile(str(fifo), key)))
+    assert isinstance(outcome, ConfigError)
+    assert outcome.problems == (f'{key} "{fifo}" is a named pipe, not a file',)
+
+
+def test_a_named_pipe_fails_validation_at_once(fifo: Path) -> None:
+    config = config_with(key_policy_file=str(fifo), id_file=str(fifo))
+    outcome = _answered_within(5, lambda: check_files(config))
+    assert outcome == [
+        f'key_policy_file "{fifo}" is a named pipe, not a file',
+        f'key_identifier_file "{fifo}" is a named pipe, not a file',
+    ]
+
+
+def test_a_device_that_never_ends_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_key_policy("/dev/zero")
+    assert caught.value.problems == ('key_policy_file "/dev/zero" is a character device, not a file',)
+
+
+def test_a_huge_file_is_refused_without_reading_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "policy.json"
+    with path.open("wb") as sparse:
+        sparse.truncate(256 * 1024 * 1024)
+    sizes: list[int] = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: sizes.append(n) or real_read(fd, n))
+    with pytest.raises(ConfigError) as caught:
+        read_key_policy(str(path))
+    assert caught.value.problems == (
+        f'key_policy_file "{path}" is too large: KMS key policies may be at most 32768 bytes',
+    )
+    assert sizes and max(sizes) <= 32769
+
+
+def test_a_nul_character_in_a_path_names_the_key() -> None:
+    # plugin_data given as JSON (which HCL's parser takes) can hold one, as "\u0000".
+    config = parse_config('{"region": "us-east-1", "key_policy_file": "/etc/spire/a\\u0000b"}', TD)
+    assert config.key_policy_file == "/etc/spire/a\0b"
+    assert check_files(config) == ["key_policy_file must not contain a NUL character"]
+    assert check_files(config_with(id_file="/var/lib/spire/a\0b")) == [
+        "key_identifier_file must not contain a NUL character"
+    ]
+
+
+def test_a_dangling_symlink_as_id_file_fails_validation_as_it_would_fail_configure(tmp_path: Path) -> None:
+    link = tmp_path / "server-id"
+    link.symlink_to(tmp_path / "gone")
+    gone = tmp_path / "gone"
+    problem = f'key_identifier_file "{link}" is a symbolic link to "{gone}", which does not exist'
+    assert check_files(config_with(id_file=str(link))) == [problem]
+    with pytest.raises(ConfigError):
+        load_server_id(ServerIdFile(str(link)))
+
+
+def test_key_metadata_file_problems_are_reported_under_its_own_name(tmp_path: Path) -> None:
+    path = tmp_path / "server-id"
+    path.write_text("not a uuid")
+    config = parse_config(REGION + f'key_metadata_file = "{path}"', TD)
+    assert check_files(config) == [f'key_metadata_file "{path}" does not hold a server id (a UUID)']
