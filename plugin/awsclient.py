@@ -23,6 +23,7 @@ import botocore.config
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
+from botocore.retries import standard
 
 from plugin import deadline
 from plugin.kmsapi import KmsError
@@ -42,27 +43,16 @@ SAFETY_MARGIN_SECONDS = 0.2
 ROLE_SESSION_SECONDS = 3600
 DEFAULT_ROLE_SESSION_NAME = "spire-server-keymanager"
 
-RETRYABLE_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "SlowDown",
-        "LimitExceededException",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "InternalFailure",
-        "InternalError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "Unreachable",
-        "Timeout",
-    }
+# Whether a failure is worth another attempt is botocore's standard judgement (transient error codes and
+# HTTP statuses 500/502/503/504, throttling codes and 429, errors the service model marks retryable,
+# connection errors and timeouts); when, and whether there is time for it, is ours.
+_RETRYABLE = standard.OrRetryChecker(
+    [
+        standard.TransientRetryableChecker(),
+        standard.ThrottledRetryableChecker(),
+        standard.ThrottlingStatusCodeChecker(),
+        standard.ModeledRetryableChecker(),
+    ]
 )
 
 
@@ -90,9 +80,28 @@ def backoff_seconds(attempts: int, rand: Callable[[], float] = random.random) ->
     return float(ceiling * (0.5 + 0.5 * rand()))
 
 
-def retry_delay(code: str, attempts: int, remaining: float | None, pause: float) -> float | None:
-    """How long to wait before another attempt, or None to give up and report `code`."""
-    if code not in RETRYABLE_CODES:
+def is_retryable(
+    attempts: int,
+    http_response: Any = None,
+    parsed: dict[str, Any] | None = None,
+    caught_exception: BaseException | None = None,
+    operation_model: Any = None,
+) -> bool:
+    """botocore's standard verdict on one failed attempt: an answer (`http_response` and its `parsed`
+    body) or an exception."""
+    context = standard.RetryContext(
+        attempt_number=attempts,
+        operation_model=operation_model,
+        parsed_response=parsed,
+        http_response=http_response,
+        caught_exception=caught_exception,
+    )
+    return bool(_RETRYABLE.is_retryable(context))
+
+
+def retry_delay(retryable: bool, attempts: int, remaining: float | None, pause: float) -> float | None:
+    """How long to wait before another attempt, or None to give up."""
+    if not retryable:
         return None
     if remaining is None:
         return pause if attempts < MAX_ATTEMPTS_WITHOUT_DEADLINE else None
@@ -190,8 +199,14 @@ class _Policy:
             request.context["read_timeout"] = read_timeout
 
     def needs_retry(
-        self, attempts: int, response: Any = None, caught_exception: BaseException | None = None, **_: Any
+        self,
+        attempts: int,
+        response: Any = None,
+        caught_exception: BaseException | None = None,
+        operation: Any = None,
+        **_: Any,
     ) -> float | None:
+        http, parsed = response if response is not None else (None, None)
         if caught_exception is not None:
             code = _transport_code(caught_exception)
             if code is None:
@@ -199,14 +214,12 @@ class _Policy:
             self._breaker.failure(f"{code}: {caught_exception}")
             if self._breaker.is_open:
                 return None
-        elif response is not None:
-            http, parsed = response
-            code = str(parsed.get("Error", {}).get("Code") or "")
-            if not code and http.status_code >= 500:
-                code = "InternalFailure"
+        elif http is not None:
+            code = str((parsed or {}).get("Error", {}).get("Code") or f"HTTP {http.status_code}")
         else:
             return None
-        delay = retry_delay(code, attempts, deadline.remaining(), backoff_seconds(attempts))
+        retryable = is_retryable(attempts, http, parsed, caught_exception, operation)
+        delay = retry_delay(retryable, attempts, deadline.remaining(), backoff_seconds(attempts))
         if delay is not None:
             log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))
         return delay

@@ -104,6 +104,31 @@ def test_server_errors_are_retried(emulator: EmulatorControl, error: str, status
     assert emulator.calls()["Sign"] == 3
 
 
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(503, ""), (502, "<html><body>502 Bad Gateway</body></html>"), (504, "upstream timed out")],
+    ids=["empty 503", "HTML 502", "text 504"],
+)
+def test_a_proxys_bare_server_errors_are_retried(emulator: EmulatorControl, status: int, body: str) -> None:
+    # What a proxy or load balancer in front of KMS answers: no AWS error code at all.
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, status=status, body=body, count=2)
+    with deadline.scope(30):
+        assert sign(kms, arn)
+    assert emulator.calls()["Sign"] == 3
+
+
+def test_a_proxys_bare_server_error_that_lasts_is_reported_with_its_status(emulator: EmulatorControl) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, status=503, body="", count=-1)
+    with deadline.scope(3.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert failed.value.code == "503"
+    assert emulator.calls()["Sign"] > 1
+
+
 def test_permanent_errors_are_not_retried(emulator: EmulatorControl) -> None:
     kms = adapter(emulator.url)
     arn = new_key(kms)

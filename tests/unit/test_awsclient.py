@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import botocore.exceptions
 import pytest
 
 from plugin import awsclient
@@ -10,10 +13,10 @@ from plugin.awsclient import (
     MAX_ATTEMPTS_WITHOUT_DEADLINE,
     MAX_BACKOFF_SECONDS,
     READ_TIMEOUT_SECONDS,
-    RETRYABLE_CODES,
     Breaker,
     attempt_fits,
     backoff_seconds,
+    is_retryable,
     read_timeout_for,
     retry_delay,
 )
@@ -26,25 +29,83 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(attempts: int) -> Non
     assert backoff_seconds(attempts, rand=lambda: 1.0) == pytest.approx(ceiling)
 
 
-@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES))
-def test_transient_codes_are_retried_while_time_allows(code: str) -> None:
-    assert retry_delay(code, 1, remaining=30.0, pause=0.2) == 0.2
-    assert retry_delay(code, 50, remaining=30.0, pause=0.2) == 0.2
-    assert retry_delay(code, 1, remaining=CONNECT_TIMEOUT_SECONDS + 0.4, pause=0.2) is None
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+
+
+def _verdict(status: int, code: str | None) -> bool:
+    parsed = {"Error": {"Code": code, "Message": ""}} if code else {"Error": {"Code": str(status)}}
+    return is_retryable(1, _Answer(status), parsed, None, None)
 
 
 @pytest.mark.parametrize(
-    "code",
-    ["AccessDeniedException", "NotFoundException", "DisabledException", "KMSInvalidStateException",
-     "ValidationException", "InvalidKeyUsageException", "AlreadyExistsException", "NoCredentials"],
-)  # fmt: skip
-def test_permanent_codes_are_never_retried(code: str) -> None:
-    assert retry_delay(code, 1, remaining=30.0, pause=0.1) is None
-    assert retry_delay(code, 1, remaining=None, pause=0.1) is None
+    ("status", "code"),
+    [
+        (400, "ThrottlingException"),  # KMS over its request quota
+        (400, "LimitExceededException"),
+        (400, "TooManyRequestsException"),
+        (400, "Throttling"),  # STS
+        (429, None),
+        (500, "KMSInternalException"),
+        (503, "DependencyTimeoutException"),
+        (500, "InternalFailure"),
+        (500, None),
+        (502, None),  # a proxy or load balancer, no AWS body
+        (503, None),
+        (504, None),
+        (400, "RequestTimeoutException"),
+    ],
+)
+def test_transient_answers_are_retryable(status: int, code: str | None) -> None:
+    assert _verdict(status, code)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "AccessDeniedException"),
+        (400, "NotFoundException"),
+        (400, "DisabledException"),
+        (400, "KMSInvalidStateException"),
+        (400, "ValidationException"),
+        (400, "InvalidKeyUsageException"),
+        (400, "AlreadyExistsException"),
+        (403, "AccessDenied"),
+        (400, None),
+        (501, None),
+    ],
+)
+def test_refusals_are_not_retryable(status: int, code: str | None) -> None:
+    assert not _verdict(status, code)
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [
+        botocore.exceptions.EndpointConnectionError(endpoint_url="https://kms.us-east-1.amazonaws.com"),
+        botocore.exceptions.ConnectTimeoutError(endpoint_url="https://kms.us-east-1.amazonaws.com"),
+        botocore.exceptions.ReadTimeoutError(endpoint_url="https://kms.us-east-1.amazonaws.com"),
+    ],
+    ids=["refused", "connect timeout", "read timeout"],
+)
+def test_connection_failures_are_retryable(exception: BaseException) -> None:
+    assert is_retryable(1, None, None, exception, None)
+
+
+def test_retryable_failures_are_retried_while_time_allows() -> None:
+    assert retry_delay(True, 1, remaining=30.0, pause=0.2) == 0.2
+    assert retry_delay(True, 50, remaining=30.0, pause=0.2) == 0.2
+    assert retry_delay(True, 1, remaining=CONNECT_TIMEOUT_SECONDS + 0.4, pause=0.2) is None
+
+
+def test_other_failures_are_never_retried() -> None:
+    assert retry_delay(False, 1, remaining=30.0, pause=0.1) is None
+    assert retry_delay(False, 1, remaining=None, pause=0.1) is None
 
 
 def test_without_a_deadline_attempts_are_bounded() -> None:
-    delays = [retry_delay("ThrottlingException", n, None, 0.1) for n in range(1, 10)]
+    delays = [retry_delay(True, n, None, 0.1) for n in range(1, 10)]
     assert delays == [0.1] * (MAX_ATTEMPTS_WITHOUT_DEADLINE - 1) + [None] * (
         10 - MAX_ATTEMPTS_WITHOUT_DEADLINE
     )

@@ -65,10 +65,12 @@ class EmulatorControl:
         count: int = 1,
         delay_ms: int = 0,
         probability: float = 1.0,
+        body: str | None = None,
     ) -> None:
         """Make the next `count` calls of `operation` ("Sign", an STS Action, or "*") fail with `error`
         after `delay_ms`; error=None only delays the real answer; count=-1 lasts until clear_faults();
-        probability < 1 faults only that share of the matching calls."""
+        probability < 1 faults only that share of the matching calls. `body` (with error=None) answers
+        `status` with that raw body instead, as a proxy or load balancer in front of KMS would."""
         self._request(
             "POST",
             "faults",
@@ -80,6 +82,7 @@ class EmulatorControl:
                 "count": count,
                 "delay_ms": delay_ms,
                 "probability": probability,
+                "body": body,
             },
         )
 

@@ -8,6 +8,8 @@ Control API (all bodies JSON):
   GET    /_emulator/faults  -> {"faults": [...queued faults...]}
   POST   /_emulator/faults  {"operation": "Sign", "error": "ThrottlingException", "status": 400,
                              "message": "Rate exceeded", "count": 3, "delay_ms": 0}
+                            or, as a proxy in front of KMS would answer, a raw body instead of an error:
+                            {"operation": "Sign", "status": 503, "body": ""}
   DELETE /_emulator/faults
   GET    /_emulator/calls   -> {"Sign": 12, "CreateKey": 2, ...}
   DELETE /_emulator/calls
@@ -52,6 +54,7 @@ class Fault:
     count: int  # calls still to fault; -1 = until cleared
     delay_ms: int
     probability: float = 1.0  # share of matching calls this fault hits; the others pass untouched
+    body: str | None = None  # sent as it is (text/html), as a proxy would, instead of an AWS error
 
     def matches(self, operation: str) -> bool:
         return self.operation in (ANY_OPERATION, operation)
@@ -229,12 +232,17 @@ def parse_fault(body: Any) -> Fault:
     delay_ms = _int_field(body, "delay_ms", 0)
     if not 0 <= delay_ms <= _MAX_DELAY_MS:
         raise ControlError(400, f"delay_ms must be between 0 and {_MAX_DELAY_MS}")
-    if error is None and delay_ms == 0:
-        raise ControlError(400, "a fault needs an error, a delay_ms, or both")
+    raw_body = body.get("body")
+    if raw_body is not None and not isinstance(raw_body, str):
+        raise ControlError(400, "body must be a string")
+    if raw_body is not None and error is not None:
+        raise ControlError(400, "a fault has an error or a raw body, not both")
+    if error is None and raw_body is None and delay_ms == 0:
+        raise ControlError(400, "a fault needs an error, a body, a delay_ms, or a delay and one of them")
     probability = body.get("probability", 1.0)
     if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 < probability <= 1:
         raise ControlError(400, "probability must be a number in (0, 1]")
-    return Fault(operation, error, status, message, count, delay_ms, float(probability))
+    return Fault(operation, error, status, message, count, delay_ms, float(probability), raw_body)
 
 
 class EmulatorMiddleware:
@@ -265,6 +273,11 @@ class EmulatorMiddleware:
             if fault is not None:
                 if fault.delay_ms:
                     time.sleep(fault.delay_ms / 1000.0)
+                if fault.body is not None:
+                    raw = fault.body.encode("utf-8")
+                    headers = [("Content-Type", "text/html"), ("Content-Length", str(len(raw)))]
+                    start_response(_status_line(fault.status), headers)
+                    return [raw]
                 if fault.error is not None:
                     status, headers, body = _aws_error_response(environ, fault)
                     start_response(status, headers)
