@@ -174,6 +174,10 @@ def _transport_code(exception: BaseException) -> str | None:
     return None
 
 
+# Request-context entry: the failure a retry follows, reported if the deadline leaves no time for it.
+_LAST_FAILURE = "aws_kms_keymanager_last_failure"
+
+
 class _Policy:
     """botocore event handlers carrying the retry, deadline and fast-fail rules."""
 
@@ -192,6 +196,11 @@ class _Policy:
             raise KmsError("KMS", "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
         remaining = deadline.remaining()
         if not attempt_fits(remaining):
+            last_failure = request.context.get(_LAST_FAILURE)
+            if last_failure is not None:
+                # The pause before this retry used up the deadline: what KMS said last is the news.
+                code, message = last_failure
+                raise KmsError("KMS", code, f"{message} (no time left to try again)".lstrip())
             raise KmsError("KMS", "Timeout", "no time left before the caller's deadline")
         read_timeout = read_timeout_for(remaining)
         if read_timeout < READ_TIMEOUT_SECONDS:
@@ -204,6 +213,7 @@ class _Policy:
         response: Any = None,
         caught_exception: BaseException | None = None,
         operation: Any = None,
+        request_dict: dict[str, Any] | None = None,
         **_: Any,
     ) -> float | None:
         http, parsed = response if response is not None else (None, None)
@@ -211,17 +221,23 @@ class _Policy:
             code = _transport_code(caught_exception)
             if code is None:
                 return None
-            self._breaker.failure(f"{code}: {caught_exception}")
+            message = str(caught_exception)
+            self._breaker.failure(f"{code}: {message}")
             if self._breaker.is_open:
                 return None
         elif http is not None:
-            code = str((parsed or {}).get("Error", {}).get("Code") or f"HTTP {http.status_code}")
+            error = (parsed or {}).get("Error", {})
+            # The code `translate` gives the same answer when it is the last one.
+            code = str(error.get("Code") or http.status_code)
+            message = str(error.get("Message") or "")
         else:
             return None
         retryable = is_retryable(attempts, http, parsed, caught_exception, operation)
         delay = retry_delay(retryable, attempts, deadline.remaining(), backoff_seconds(attempts))
         if delay is not None:
             log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))
+            if request_dict is not None:
+                request_dict["context"][_LAST_FAILURE] = (code, message)
         return delay
 
     def after_call(self, **_: Any) -> None:

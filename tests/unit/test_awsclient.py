@@ -153,3 +153,42 @@ def test_any_answer_resets_the_failure_count() -> None:
     breaker.success()
     breaker.failure("Timeout")
     assert not breaker.is_open
+
+
+@dataclass
+class _Request:
+    context: dict[str, object]
+
+
+@pytest.mark.parametrize(
+    ("answer", "parsed", "code", "message"),
+    [
+        (_Answer(503), {"Error": {"Code": "", "Message": ""}}, "503", "(no time left to try again)"),
+        (
+            _Answer(400),
+            {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}},
+            "ThrottlingException",
+            "Rate exceeded (no time left to try again)",
+        ),
+    ],
+)
+def test_a_retry_the_deadline_leaves_no_time_for_reports_the_failure_it_follows(
+    answer: _Answer, parsed: dict[str, object], code: str, message: str
+) -> None:
+    # The pause before a retry fitted the deadline, but the retry finds it spent (a busy machine): the
+    # caller hears what KMS answered last, not a bare timeout.
+    policy = awsclient._Policy(Breaker(now=FakeTime()))
+    context: dict[str, object] = {}
+    with awsclient.deadline.scope(30.0):
+        delay = policy.needs_retry(attempts=1, response=(answer, parsed), request_dict={"context": context})
+    assert delay is not None
+    with awsclient.deadline.scope(0.0), pytest.raises(awsclient.KmsError) as failed:
+        policy.before_send(_Request(context))
+    assert (failed.value.code, failed.value.message) == (code, message)
+
+
+def test_a_first_attempt_with_no_time_left_is_a_timeout() -> None:
+    policy = awsclient._Policy(Breaker(now=FakeTime()))
+    with awsclient.deadline.scope(0.0), pytest.raises(awsclient.KmsError) as failed:
+        policy.before_send(_Request({}))
+    assert failed.value.code == "Timeout"
