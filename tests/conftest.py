@@ -7,10 +7,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.kms_emulator import EmulatorControl, EmulatorProcess, start_emulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
+# Property suites are reproducible in CI: a fixed derivation of examples from each test, no example
+# database carried between runs, and a bound on examples per property (HYPOTHESIS_MAX_EXAMPLES raises it
+# for a longer local hunt). Time per call is each suite's own assertion, not hypothesis's deadline.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    print_blob=True,
+)
+settings.load_profile("ci")
+
 # PLUGIN_BINARY points the suites at another build of the binary (e.g. a release artifact).
 BINARY = Path(os.environ.get("PLUGIN_BINARY") or ROOT / "dist" / "aws-kms-keymanager").resolve()
 
