@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import enum
 
+# Inputs are quoted in errors and logs up to this many characters: enough for any key id SPIRE uses,
+# small enough that a hostile megabyte comes back as a line, not a megabyte.
+QUOTE_LIMIT = 64
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """`value` in double quotes for an error or log line, cut to `limit` characters with its length."""
+    if len(value) <= limit:
+        return f'"{value}"'
+    return f'"{value[:limit]}..." ({len(value)} characters)'
+
 
 class ErrorKind(enum.Enum):
     INVALID_ARGUMENT = "invalid argument"

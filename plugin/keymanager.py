@@ -14,17 +14,17 @@ import datetime
 import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from plugin.algorithms import KeyType, SignRequest, key_spec_for, key_type_for_spec, plan_signature
 from plugin.clock import SYSTEM_CLOCK, Clock
-from plugin.errors import ErrorKind, FailedPrecondition, NotFound, PluginError
+from plugin.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PluginError, quoted
 from plugin.keypolicy import NOT_A_ROLE_WARNING, default_key_policy
 from plugin.kmsapi import KeyDescription, Kms, KmsError, plugin_error
 from plugin.lifecycle import DeletionQueue, Housekeeper, Timings, mark_inactive
 from plugin.log import get_logger
-from plugin.naming import TAG_KEY_ID, AliasScheme, BuiltinScheme, key_id_of
+from plugin.naming import TAG_KEY_ID, AliasScheme, BuiltinScheme, key_id_of, key_id_problem
 
 log = get_logger("keymanager")
 
@@ -64,6 +64,21 @@ class KeySettings:
 
 
 @dataclass
+class _Load:
+    """A Configure loading keys: what GenerateKey commits meanwhile under the same naming, which the
+    loaded view may predate."""
+
+    scheme: AliasScheme
+    committed: dict[str, ManagedKey] = field(default_factory=dict)
+
+
+@dataclass
+class _KeyLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+@dataclass
 class _State:
     """One configuration's view of the world. Configure replaces the whole state at once, so a request
     in flight keeps using the client and keys it started with."""
@@ -96,6 +111,10 @@ def _load_by_alias(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
             if key_id is None or not alias.target_key_id:
                 continue
             description = kms.describe_key(alias.target_key_id)
+            if description.key_state != ENABLED:
+                # Another replica may have rotated it since ListAliases: what the alias points at now
+                # decides, and only a key that is unusable now stops the start-up.
+                description = kms.describe_key(alias.name)
             if description.key_state != ENABLED:
                 raise FailedPrecondition(
                     f'alias "{alias.name}" points to key {description.arn} whose state is '
@@ -207,15 +226,8 @@ class _StateView:
     def current(self, key_id: str) -> ManagedKey | None:
         return self._state.keys.get(key_id)
 
-    @contextmanager
-    def hold(self, key_id: str) -> Iterator[bool]:
-        lock = self._manager._generation_lock(key_id)
-        held = lock.acquire(blocking=False)
-        try:
-            yield held
-        finally:
-            if held:
-                lock.release()
+    def hold(self, key_id: str) -> AbstractContextManager[bool]:
+        return self._manager._generating(key_id, blocking=False)
 
 
 class KeyManager:
@@ -227,11 +239,23 @@ class KeyManager:
         self._timings = timings or Timings()
         self._state: _State | None = None
         self._housekeeper: Housekeeper | None = None
-        self._generation_locks: dict[str, threading.Lock] = {}
+        # Guards the state, the housekeeper, the loads in progress and the per-key-id locks.
         self._locks_lock = threading.Lock()
+        # Only ids being generated or kept alive right now: a lock map of every id ever asked would grow
+        # with each request a caller makes up.
+        self._generation_locks: dict[str, _KeyLock] = {}
+        self._loads: list[_Load] = []
 
     def configure(self, settings: KeySettings, kms: Kms) -> None:
-        keys = load_keys(kms, settings.scheme, settings.discovers_by_tag, self._clock.now())
+        load = _Load(settings.scheme)
+        with self._locks_lock:
+            self._loads.append(load)
+        try:
+            keys = load_keys(kms, settings.scheme, settings.discovers_by_tag, self._clock.now())
+        except BaseException:
+            with self._locks_lock:
+                self._loads.remove(load)
+            raise
         state = _State(settings=settings, kms=kms, keys=keys)
         housekeeper = None
         scheme = settings.scheme
@@ -247,6 +271,9 @@ class KeyManager:
                 self._timings,
             )
         with self._locks_lock:
+            self._loads.remove(load)
+            # A key committed while loading is newer than what the load may have read for its id.
+            state.keys = {**keys, **load.committed}
             self._state = state
             previous, self._housekeeper = self._housekeeper, housekeeper
         if previous is not None:
@@ -255,7 +282,7 @@ class KeyManager:
             housekeeper.start()
         log.info(
             "Keys loaded from KMS",
-            count=len(keys),
+            count=len(state.keys),
             alias_prefix=scheme.alias_prefix,
             tag_discovery=settings.discovers_by_tag,
         )
@@ -271,9 +298,23 @@ class KeyManager:
             raise FailedPrecondition("not configured")
         return state
 
-    def _generation_lock(self, key_id: str) -> threading.Lock:
+    @contextmanager
+    def _generating(self, key_id: str, blocking: bool = True) -> Iterator[bool]:
+        """Holds the key id's generation lock (yields False when not blocking and it is taken); the
+        entry lives only while someone uses it."""
         with self._locks_lock:
-            return self._generation_locks.setdefault(key_id, threading.Lock())
+            entry = self._generation_locks.setdefault(key_id, _KeyLock())
+            entry.users += 1
+        acquired = entry.lock.acquire(blocking)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                entry.lock.release()
+            with self._locks_lock:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._generation_locks[key_id]
 
     def get_public_key(self, key_id: str) -> ManagedKey | None:
         return self._current().keys.get(key_id)
@@ -287,25 +328,28 @@ class KeyManager:
         state = self._current()
         key = state.keys.get(key_id)
         if key is None:
-            raise NotFound(f'no such key "{key_id}"')
+            raise NotFound(f"no such key {quoted(key_id)}")
         plan = plan_signature(SignRequest(key.key_type, hash_algorithm, digest, pss_salt_length))
         if plan.fitted_from is not None:
             log.debug(
                 "ECDSA digest fitted to the curve's hash",
-                key_id=key_id,
+                key_id=quoted(key_id),
                 hash_algorithm=plan.fitted_from.name,
                 signing_algorithm=plan.algorithm,
             )
         try:
             signature = state.kms.sign(key.key_arn, plan.digest, plan.algorithm)
         except KmsError as err:
-            raise plugin_error(err, f'sign with key "{key_id}"') from None
+            raise plugin_error(err, f"sign with key {quoted(key_id)}") from None
         return signature, key.fingerprint
 
     def generate_key(self, key_id: str, key_type: KeyType) -> ManagedKey:
         state = self._current()
         settings = state.settings
-        with self._generation_lock(key_id):
+        problem = key_id_problem(settings.scheme, key_id)
+        if problem is not None:
+            raise InvalidArgument(f"key id {quoted(key_id)} cannot be stored in KMS: {problem}")
+        with self._generating(key_id):
             try:
                 created = state.kms.create_key(
                     key_spec_for(key_type),
@@ -418,12 +462,17 @@ class KeyManager:
             mark_inactive(state.kms, key_arn)
 
     def _commit(self, used: _State, key: ManagedKey) -> None:
-        # A Configure may have replaced the state while KMS was creating the key; the new state loaded
-        # its keys before this alias moved, so it must learn the new key too when it names keys alike.
+        # A Configure may have replaced the state, or be loading one, while KMS was creating the key; what
+        # it loaded may predate this alias move, so it must learn the new key too when it names keys alike.
+        scheme = used.settings.scheme
         states = [used]
-        current = self._state
-        if current is not None and current is not used and current.settings.scheme == used.settings.scheme:
-            states.append(current)
+        with self._locks_lock:
+            current = self._state
+            if current is not None and current is not used and current.settings.scheme == scheme:
+                states.append(current)
+            for load in self._loads:
+                if load.scheme == scheme:
+                    load.committed[key.key_id] = key
         for state in states:
             with state.lock:
                 state.keys = {**state.keys, key.key_id: key}

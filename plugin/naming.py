@@ -70,6 +70,19 @@ def alias_name_problem(alias_name: str) -> str | None:
     return None
 
 
+def key_id_problem(scheme: AliasScheme, key_id: str) -> str | None:
+    """Why a key id cannot be stored under this scheme, or None when it can. Checked before CreateKey,
+    so an id that could never get its alias costs no key: its alias must be one KMS accepts, and must
+    read back as the same id, or the key would be lost at the next start."""
+    alias = scheme.alias_for(key_id)
+    problem = alias_name_problem(alias)
+    if problem is not None:
+        return problem
+    if scheme.key_id_for(alias) != key_id:
+        return "its alias would not read back as the same key id (it holds / or an encoded _2e or _2b)"
+    return None
+
+
 @runtime_checkable
 class AliasScheme(Protocol):
     """Maps SPIRE key ids to KMS alias names and back, and describes the keys it creates."""

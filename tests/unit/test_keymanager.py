@@ -250,3 +250,116 @@ def test_sign_errors_name_the_key_and_the_aws_code(manager: KeyManager, kms: Fak
     assert failed.value.message.startswith(
         'failed to sign with key "x509-CA-A": KMS Sign returned DisabledException'
     )
+
+
+def test_a_key_generated_while_configure_loads_is_the_one_served(
+    manager: KeyManager, kms: FakeKms, deletions: DeletionQueue
+) -> None:
+    old = manager.generate_key("x509-CA-A", KeyType.EC_P256)
+    loader_waits, generated = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def configure() -> None:
+        try:
+            manager.configure(settings(), kms)
+        except BaseException as err:
+            failures.append(err)
+
+    loading = threading.Thread(target=configure)
+
+    def describe_key_after_the_rotation() -> None:
+        # Configure has listed the alias (still at the old key) and reads that key, still enabled, only
+        # once GenerateKey has moved the alias.
+        if threading.current_thread() is loading:
+            loader_waits.set()
+            generated.wait(10)
+
+    kms.hooks["DescribeKey"] = describe_key_after_the_rotation
+    with kms.hold("ScheduleKeyDeletion"):
+        loading.start()
+        assert loader_waits.wait(5)
+        new = manager.generate_key("x509-CA-A", KeyType.EC_P256)
+        generated.set()
+        loading.join(10)
+    assert not loading.is_alive() and failures == []
+    assert manager.get_public_key("x509-CA-A") == new
+    signature, fingerprint = manager.sign("x509-CA-A", DIGEST, HashAlgorithm.SHA256, None)
+    verify(new.pkix_der, signature)
+    assert fingerprint == new.fingerprint
+    assert deletions.wait_idle(5) and kms.keys[old.key_arn].state == "PendingDeletion"
+
+
+def test_configure_reads_again_an_alias_another_replica_rotated_meanwhile(
+    manager: KeyManager, kms: FakeKms, deletions: DeletionQueue
+) -> None:
+    old = manager.generate_key("x509-CA-A", KeyType.EC_P256)
+    replica = KeyManager(deletions)
+    replica.configure(settings(), kms)
+    rotated: list[str] = []
+
+    def rotate_once_listed() -> None:
+        # ListAliases has answered for the old key; the other replica rotates before DescribeKey.
+        if not rotated:
+            rotated.append(replica.generate_key("x509-CA-A", KeyType.EC_P256).key_arn)
+            assert deletions.wait_idle(5) and kms.keys[old.key_arn].state == "PendingDeletion"
+
+    kms.hooks["DescribeKey"] = rotate_once_listed
+    manager.configure(settings(), kms)
+    key = manager.get_public_key("x509-CA-A")
+    assert key is not None and [key.key_arn] == rotated
+
+
+@pytest.mark.parametrize(
+    ("scheme", "key_id", "message"),
+    [
+        (
+            CommunityScheme(),
+            "x509 CA",
+            'key id "x509 CA" cannot be stored in KMS: alias names may only contain a-z, A-Z, 0-9, /, _ '
+            "and -",
+        ),
+        (
+            BuiltinScheme("example.org", "server1"),
+            "team/x509-CA-A",
+            'key id "team/x509-CA-A" cannot be stored in KMS: its alias would not read back as the same key '
+            "id (it holds / or an encoded _2e or _2b)",
+        ),
+        (
+            CommunityScheme(),
+            "k" * 1_000_000,
+            f'key id "{"k" * 64}..." (1000000 characters) cannot be stored in KMS: alias names may be at '
+            "most 256 characters, not 1000023",
+        ),
+    ],
+)
+def test_a_key_id_that_can_never_get_its_alias_is_refused_before_any_key_is_made(
+    kms: FakeKms, deletions: DeletionQueue, scheme: CommunityScheme | BuiltinScheme, key_id: str, message: str
+) -> None:
+    keys = KeyManager(deletions)
+    keys.configure(settings(scheme), kms)
+    with pytest.raises(PluginError) as refused:
+        keys.generate_key(key_id, KeyType.EC_P256)
+    assert (refused.value.kind, refused.value.message) == (ErrorKind.INVALID_ARGUMENT, message)
+    assert kms.calls["CreateKey"] == 0
+    if keys.housekeeper is not None:
+        keys.housekeeper.stop()
+
+
+def test_an_unknown_huge_key_id_is_not_echoed_whole(manager: KeyManager) -> None:
+    with pytest.raises(NotFound) as failed:
+        manager.sign("x" * 1_000_000, DIGEST, HashAlgorithm.SHA256, None)
+    assert failed.value.message == f'no such key "{"x" * 64}..." (1000000 characters)'
+
+
+def test_no_per_key_state_is_kept_for_ids_once_their_request_is_over(
+    manager: KeyManager, kms: FakeKms
+) -> None:
+    manager.generate_key("x509-CA-A", KeyType.EC_P256)
+    kms.fail("CreateKey", "KMSInternalException", times=3)
+    for attempt in range(3):
+        with pytest.raises(PluginError):
+            manager.generate_key(f"bundle-acme-{attempt}", KeyType.EC_P256)
+    for attempt in range(3):
+        with pytest.raises(PluginError):
+            manager.generate_key(f"bad id {attempt}", KeyType.EC_P256)
+    assert manager._generation_locks == {}

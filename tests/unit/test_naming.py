@@ -14,6 +14,7 @@ from plugin.naming import (
     alias_problems,
     decode_key_id,
     encode_key_id,
+    key_id_problem,
     sanitize_trust_domain,
 )
 
@@ -307,3 +308,30 @@ def test_alias_problems_community(key_prefix: str, problems: list[str]) -> None:
 )
 def test_alias_problems_builtin(trust_domain: str, server_id: str, setting: str, problems: list[str]) -> None:
     assert alias_problems(BuiltinScheme(trust_domain, server_id), setting) == problems
+
+
+ROUND_TRIP = "its alias would not read back as the same key id (it holds / or an encoded _2e or _2b)"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "key_id", "problem"),
+    [
+        (CommunityScheme(), "x509-CA-A", None),
+        (CommunityScheme(), "bundle-acme-example.org+1", None),
+        (CommunityScheme(), "team/x509-CA-A", None),  # the community scheme reads nested names back
+        (BuiltinScheme("example.org", "server1"), "WIT-Signer-B", None),
+        (BuiltinScheme("example.org", "server1"), "bundle-acme-a.b", None),
+        (BuiltinScheme("example.org", "server1"), "team/x509-CA-A", ROUND_TRIP),
+        (CommunityScheme(), "x_2eA", ROUND_TRIP),
+        (CommunityScheme(), "x_2bA", ROUND_TRIP),
+        (CommunityScheme(), "x509 CA", CHARSET),
+        (CommunityScheme(), "clé", CHARSET),
+        (CommunityScheme(), "a:b", CHARSET),
+        # alias/SPIRE_SERVER_KEY/ is 23 characters: 233 more make the longest alias KMS takes.
+        (CommunityScheme(), "k" * 233, None),
+        (CommunityScheme(), "k" * 234, "alias names may be at most 256 characters, not 257"),
+        (CommunityScheme(""), "aws/x", RESERVED),
+    ],
+)
+def test_key_id_problem(scheme: AliasScheme, key_id: str, problem: str | None) -> None:
+    assert key_id_problem(scheme, key_id) == problem
