@@ -110,39 +110,61 @@ def _load_by_alias(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
             key_id = scheme.key_id_for(alias.name)
             if key_id is None or not alias.target_key_id:
                 continue
-            description = kms.describe_key(alias.target_key_id)
-            if description.key_state != ENABLED:
-                # Another replica may have rotated it since ListAliases: what the alias points at now
-                # decides, and only a key that is unusable now stops the start-up.
-                description = kms.describe_key(alias.name)
-            if description.key_state != ENABLED:
-                raise FailedPrecondition(
-                    f'alias "{alias.name}" points to key {description.arn} whose state is '
-                    f"{description.key_state}; SPIRE key {key_id!r} cannot be used. Enable the key "
-                    f"(or cancel its deletion), or delete the alias to let SPIRE create a new key"
-                )
-            key_type = key_type_for_spec(description.key_spec)
-            if key_type is None:
-                log.warn(
-                    "Ignoring alias that points to a key SPIRE cannot use",
-                    alias=alias.name,
-                    key_arn=description.arn,
-                    key_spec=description.key_spec,
-                )
-                continue
-            public_key = kms.get_public_key(description.arn)
-            keys[key_id] = ManagedKey(
-                key_id=key_id,
-                key_type=key_type,
-                key_arn=description.arn,
-                alias=alias.name,
-                pkix_der=public_key.der,
-                fingerprint=fingerprint(public_key.der),
-            )
-            log.debug("Key loaded", key_id=key_id, key_arn=description.arn, alias=alias.name)
+            try:
+                key = _load_alias(kms, key_id, alias.name, alias.target_key_id)
+            except _RotatedMeanwhile:
+                # A rotation (ours or another replica's) retired the key since ListAliases: what the
+                # alias points at now decides, and only a key that is unusable now stops the start-up.
+                key = _load_alias(kms, key_id, alias.name, alias.name, last_try=True)
+            if key is not None:
+                keys[key_id] = key
+                log.debug("Key loaded", key_id=key_id, key_arn=key.key_arn, alias=alias.name)
     except KmsError as err:
         raise plugin_error(err, f'load the keys under "{scheme.alias_prefix}"') from None
     return keys
+
+
+class _RotatedMeanwhile(Exception):
+    """The key an alias pointed at when listed is no longer usable."""
+
+
+def _load_alias(
+    kms: Kms, key_id: str, alias_name: str, target: str, last_try: bool = False
+) -> ManagedKey | None:
+    """The key behind one alias (`target`: the key it was listed with, or the alias itself), or None
+    when it is not a key SPIRE can use."""
+    description = kms.describe_key(target)
+    if description.key_state != ENABLED:
+        if not last_try:
+            raise _RotatedMeanwhile
+        raise FailedPrecondition(
+            f'alias "{alias_name}" points to key {description.arn} whose state is '
+            f"{description.key_state}; SPIRE key {key_id!r} cannot be used. Enable the key "
+            f"(or cancel its deletion), or delete the alias to let SPIRE create a new key"
+        )
+    key_type = key_type_for_spec(description.key_spec)
+    if key_type is None:
+        log.warn(
+            "Ignoring alias that points to a key SPIRE cannot use",
+            alias=alias_name,
+            key_arn=description.arn,
+            key_spec=description.key_spec,
+        )
+        return None
+    try:
+        public_key = kms.get_public_key(description.arn)
+    except KmsError as err:
+        if last_try or err.code != "KMSInvalidStateException":
+            raise
+        raise _RotatedMeanwhile from None
+    return ManagedKey(
+        key_id=key_id,
+        key_type=key_type,
+        key_arn=description.arn,
+        alias=alias_name,
+        pkix_der=public_key.der,
+        fingerprint=fingerprint(public_key.der),
+    )
 
 
 def _load_by_tag(

@@ -289,21 +289,24 @@ def test_a_key_generated_while_configure_loads_is_the_one_served(
     assert deletions.wait_idle(5) and kms.keys[old.key_arn].state == "PendingDeletion"
 
 
+@pytest.mark.parametrize("between", ["ListAliases and DescribeKey", "DescribeKey and GetPublicKey"])
 def test_configure_reads_again_an_alias_another_replica_rotated_meanwhile(
-    manager: KeyManager, kms: FakeKms, deletions: DeletionQueue
+    manager: KeyManager, kms: FakeKms, deletions: DeletionQueue, between: str
 ) -> None:
     old = manager.generate_key("x509-CA-A", KeyType.EC_P256)
     replica = KeyManager(deletions)
     replica.configure(settings(), kms)
     rotated: list[str] = []
 
-    def rotate_once_listed() -> None:
-        # ListAliases has answered for the old key; the other replica rotates before DescribeKey.
+    def rotate_once() -> None:
+        # The other replica rotates the key after the loader has looked at the old one (once: its own
+        # calls come through here too).
         if not rotated:
-            rotated.append(replica.generate_key("x509-CA-A", KeyType.EC_P256).key_arn)
+            rotated.append("rotating")
+            rotated[0] = replica.generate_key("x509-CA-A", KeyType.EC_P256).key_arn
             assert deletions.wait_idle(5) and kms.keys[old.key_arn].state == "PendingDeletion"
 
-    kms.hooks["DescribeKey"] = rotate_once_listed
+    kms.hooks["DescribeKey" if between.endswith("DescribeKey") else "GetPublicKey"] = rotate_once
     manager.configure(settings(), kms)
     key = manager.get_public_key("x509-CA-A")
     assert key is not None and [key.key_arn] == rotated
