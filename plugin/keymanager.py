@@ -355,7 +355,7 @@ class KeyManager:
         if plan.fitted_from is not None:
             log.debug(
                 "ECDSA digest fitted to the curve's hash",
-                key_id=quoted(key_id),
+                key_id=key_id,
                 hash_algorithm=plan.fitted_from.name,
                 signing_algorithm=plan.algorithm,
             )
