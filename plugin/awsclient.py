@@ -11,6 +11,7 @@ method of the adapter gets it without wrapping each call.
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import threading
 import time
@@ -22,11 +23,12 @@ import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import botocore.parsers
 import botocore.session
 from botocore.retries import standard
 
 from plugin import deadline
-from plugin.kmsapi import KmsError
+from plugin.kmsapi import UNPARSEABLE, KmsError
 from plugin.log import get_logger
 
 log = get_logger("aws")
@@ -177,6 +179,86 @@ def _transport_code(exception: BaseException) -> str | None:
 # Request-context entry: the failure a retry follows, reported if the deadline leaves no time for it.
 _LAST_FAILURE = "aws_kms_keymanager_last_failure"
 
+# An answer that is not an AWS answer (a proxy's page, a wrong endpoint) is quoted at most this long.
+EXCERPT_CHARS = 80
+# Parsed-answer entry marking an answer `_GuardedParser` could not read: {"status": int, "excerpt": str}.
+_UNPARSEABLE_ANSWER = "aws_kms_keymanager_unparseable"
+_JSON_PROTOCOLS = {"json", "rest-json"}
+
+
+def excerpt(body: bytes | str) -> str:
+    """A short, printable quotation of what came back: enough to recognise a proxy's page, never all of
+    it (it could be large, or carry what it should not)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    if len(text) > EXCERPT_CHARS:
+        text = text[: EXCERPT_CHARS - 1] + "…"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _is_json(body: Any) -> bool:
+    # botocore's JSON parser turns a body that is not JSON into {"message": body} and carries on, so a
+    # proxy's HTML page would pass for an answer with every field missing. JSON of the wrong shape (an
+    # array for an object) makes the parser itself fail.
+    if not isinstance(body, bytes) or not body.strip():
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def _unparseable_answer(response: dict[str, Any]) -> dict[str, Any]:
+    status = int(response.get("status_code") or 0)
+    quoted = excerpt(response.get("body") or b"")
+    return {
+        # A 5xx keeps its status as the code, as botocore codes a bare error page: the status is the news.
+        "Error": {"Code": str(status) if status >= 500 else UNPARSEABLE, "Message": quoted},
+        "ResponseMetadata": {
+            "HTTPStatusCode": status,
+            "HTTPHeaders": {str(k).lower(): v for k, v in (response.get("headers") or {}).items()},
+        },
+        _UNPARSEABLE_ANSWER: {"status": status, "excerpt": quoted},
+    }
+
+
+class _GuardedParser:
+    """botocore's parser for one protocol, except that an answer it cannot read becomes an error answer
+    marked unparseable instead of an exception. botocore parses outside the part of an attempt whose
+    failures reach the retry handlers, so a ResponseParserError would end the call at once, unretried
+    and naming neither service nor operation."""
+
+    def __init__(self, parser: Any, protocol: str) -> None:
+        self._parser = parser
+        self._json = protocol in _JSON_PROTOCOLS
+
+    def parse(self, response: dict[str, Any], shape: Any) -> Any:
+        if self._json and not _is_json(response.get("body")):
+            return _unparseable_answer(response)
+        try:
+            return self._parser.parse(response, shape)
+        except Exception:
+            # ResponseParserError, and what parsers trip over on a well-formed body of the wrong shape
+            # (a KeyError on an XML page without the result element): either way, not an AWS answer.
+            return _unparseable_answer(response)
+
+
+class _GuardedParserFactory(botocore.parsers.ResponseParserFactory):  # type: ignore[misc]
+    def create_parser(self, protocol_name: str) -> _GuardedParser:
+        return _GuardedParser(super().create_parser(protocol_name), protocol_name)
+
+
+def _unparseable(parsed: Any, operation: Any) -> tuple[str, str] | None:
+    """(code, message) when `parsed` is an answer `_GuardedParser` could not read, naming the service
+    and operation that answered it (STS AssumeRole when a credential refresh got it, not KMS)."""
+    detail = parsed.get(_UNPARSEABLE_ANSWER) if isinstance(parsed, dict) else None
+    if detail is None:
+        return None
+    name = f"{operation.service_model.service_id} {operation.name}" if operation is not None else "AWS"
+    message = f"{name} answered HTTP {detail['status']} with a body that is not an AWS answer: "
+    return str(parsed["Error"]["Code"]), message + str(detail["excerpt"])
+
 
 class _Policy:
     """botocore event handlers carrying the retry, deadline and fast-fail rules."""
@@ -217,10 +299,16 @@ class _Policy:
         **_: Any,
     ) -> float | None:
         http, parsed = response if response is not None else (None, None)
-        if caught_exception is not None:
-            code = _transport_code(caught_exception)
-            if code is None:
+        unparseable = _unparseable(parsed, operation)
+        if unparseable is not None:
+            # Not counted by the breaker: the answer came at once, so failing fast would spare no one a
+            # timeout, and "KMS is unreachable" would be untrue.
+            code, message = unparseable
+        elif caught_exception is not None:
+            transport_code = _transport_code(caught_exception)
+            if transport_code is None:
                 return None
+            code = transport_code
             message = str(caught_exception)
             self._breaker.failure(f"{code}: {message}")
             if self._breaker.is_open:
@@ -232,7 +320,11 @@ class _Policy:
             message = str(error.get("Message") or "")
         else:
             return None
-        retryable = is_retryable(attempts, http, parsed, caught_exception, operation)
+        # An answer that is not an AWS answer is worth another attempt whatever its status (a proxy
+        # between deployments, a wrong backend behind a load balancer); botocore would judge only a 5xx.
+        retryable = unparseable is not None or is_retryable(
+            attempts, http, parsed, caught_exception, operation
+        )
         delay = retry_delay(retryable, attempts, deadline.remaining(), backoff_seconds(attempts))
         if delay is not None:
             log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))
@@ -240,7 +332,16 @@ class _Policy:
                 request_dict["context"][_LAST_FAILURE] = (code, message)
         return delay
 
-    def after_call(self, **_: Any) -> None:
+    def after_call(self, parsed: Any = None, model: Any = None, **_: Any) -> None:
+        unparseable = _unparseable(parsed, model)
+        if unparseable is not None:
+            # The last attempt's answer could not be read. It does not close the breaker either: it
+            # was not KMS that answered. Raised here, before botocore would return a 200's stand-in as
+            # a result, and as the ClientError botocore raises for other statuses.
+            code, message = unparseable
+            metadata = parsed["ResponseMetadata"]
+            error = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata}
+            raise botocore.exceptions.ClientError(error, model.name)
         self._breaker.success()
 
 
@@ -296,11 +397,18 @@ class _AssumedRoleProvider(botocore.credentials.CredentialProvider):  # type: ig
         )
 
 
+def _botocore_session() -> Any:
+    session = botocore.session.get_session()
+    session.register_component("response_parser_factory", _GuardedParserFactory())
+    return session
+
+
 def _base_session(settings: ClientSettings) -> boto3.session.Session:
     return boto3.session.Session(
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key,
         region_name=settings.region,
+        botocore_session=_botocore_session(),
     )
 
 
@@ -308,7 +416,7 @@ def _assumed_role_session(base: boto3.session.Session, settings: ClientSettings,
     assert settings.assume_role is not None
     sts = base.client("sts", config=_client_config(settings))
     _Policy(breaker).register(sts, "sts")
-    session = botocore.session.get_session()
+    session = _botocore_session()
     session.set_config_variable("region", settings.region)
     resolver = botocore.credentials.CredentialResolver(
         providers=[_AssumedRoleProvider(sts, settings.assume_role)]
@@ -364,6 +472,10 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         ) from None
     except KmsError as err:
         raise KmsError(operation, err.code, err.message) from None
+    except botocore.parsers.ResponseParserError as err:
+        # Only from a client without `_GuardedParser`; botocore's message quotes the whole body.
+        message = f"the answer could not be parsed: {excerpt(str(err))}"
+        raise KmsError(operation, UNPARSEABLE, message) from None
     except botocore.exceptions.BotoCoreError as err:
         code = _transport_code(err) or type(err).__name__
         raise KmsError(operation, code, str(err)) from None

@@ -61,9 +61,13 @@ class CallerIdentity:
     arn: str
 
 
+# Our code for an answer that is not an AWS answer (a proxy's page, a wrong endpoint): a transport failure.
+UNPARSEABLE = "UnparseableResponse"
+
+
 class KmsError(Exception):
     """A KMS call failed. `code` is the AWS error code (e.g. ThrottlingException), or one of ours for
-    failures that never reached KMS (`NoCredentials`, `Unreachable`, `Timeout`)."""
+    failures that never reached KMS (`NoCredentials`, `Unreachable`, `Timeout`, `UnparseableResponse`)."""
 
     def __init__(self, operation: str, code: str, message: str) -> None:
         super().__init__(f"{operation}: {code}: {message}")
@@ -138,6 +142,7 @@ _UNAVAILABLE = {
     "ServiceUnavailableException",
     "Unreachable",
     "Timeout",
+    UNPARSEABLE,
 }
 _INVALID = {
     "ValidationException",

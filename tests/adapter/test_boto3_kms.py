@@ -129,6 +129,47 @@ def test_a_proxys_bare_server_error_that_lasts_is_reported_with_its_status(emula
     assert emulator.calls()["Sign"] > 1
 
 
+# What a proxy, a captive portal or a wrong endpoint answers in KMS's place: not an AWS answer at all.
+PROXY_PAGE = (
+    "<html><head><title>Sign in</title></head><body>"
+    + "Please sign in to continue. " * 200
+    + "</body></html>"
+)
+
+
+def test_an_answer_that_is_not_an_aws_answer_that_lasts_is_unavailable_naming_the_operation(
+    emulator: EmulatorControl,
+) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, status=200, body=PROXY_PAGE, count=-1)
+    with deadline.scope(3.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert failed.value.code == "UnparseableResponse"
+    assert failed.value.operation == "Sign"
+    assert failed.value.message.startswith(
+        'KMS Sign answered HTTP 200 with a body that is not an AWS answer: "<html><head><title>Sign in'
+    )
+    assert len(failed.value.message) < 170, "a short excerpt of the body, never all of it"
+    assert emulator.calls()["Sign"] > 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, PROXY_PAGE), (200, "[1, 2, 3]"), (400, "garbage \x00\xff here")],
+    ids=["HTML 200", "JSON array 200", "garbage 400"],
+)
+def test_answers_that_are_not_aws_answers_are_retried(
+    emulator: EmulatorControl, status: int, body: str
+) -> None:
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, status=status, body=body, count=2)
+    with deadline.scope(30):
+        assert sign(kms, arn)
+    assert emulator.calls()["Sign"] == 3
+
+
 def test_permanent_errors_are_not_retried(emulator: EmulatorControl) -> None:
     kms = adapter(emulator.url)
     arn = new_key(kms)
@@ -229,6 +270,35 @@ def test_a_refused_role_is_permission_denied(
         list(kms.list_aliases())
     assert failed.value.code == "AccessDenied"
     assert "STS AssumeRole" in failed.value.operation
+
+
+def test_an_sts_answer_that_is_not_an_aws_answer_names_sts_assume_role(
+    emulator: EmulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emulator.url)
+    emulator.add_fault("AssumeRole", error=None, status=200, body="<html><body>hello", count=-1)
+    kms = adapter(emulator.url, assume_role=AssumeRole(ROLE))
+    with deadline.scope(3.0), pytest.raises(KmsError) as failed:
+        list(kms.list_aliases())
+    assert failed.value.code == "UnparseableResponse"
+    assert failed.value.operation == "ListAliases (STS AssumeRole)"
+    assert failed.value.message == (
+        'STS AssumeRole answered HTTP 200 with a body that is not an AWS answer: "<html><body>hello"'
+    )
+    calls = emulator.calls()
+    assert calls["AssumeRole"] > 1
+    assert "ListAliases" not in calls, "KMS is never called without credentials"
+
+
+def test_an_sts_answer_that_is_not_an_aws_answer_is_retried(
+    emulator: EmulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emulator.url)
+    emulator.add_fault("AssumeRole", error=None, status=400, body="garbage", count=2)
+    kms = adapter(emulator.url, assume_role=AssumeRole(ROLE))
+    with deadline.scope(30):
+        assert list(kms.list_aliases()) is not None
+    assert emulator.calls()["AssumeRole"] == 3
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import botocore.exceptions
+import botocore.parsers
 import pytest
 
 from plugin import awsclient
@@ -192,3 +194,73 @@ def test_a_first_attempt_with_no_time_left_is_a_timeout() -> None:
     with awsclient.deadline.scope(0.0), pytest.raises(awsclient.KmsError) as failed:
         policy.before_send(_Request({}))
     assert failed.value.code == "Timeout"
+
+
+_SIGN = SimpleNamespace(name="Sign", service_model=SimpleNamespace(service_id="KMS"))
+
+
+def _proxy_answer(status: int, body: bytes) -> dict[str, object]:
+    parser = awsclient._GuardedParserFactory().create_parser("json")
+    parsed: dict[str, object] = parser.parse({"status_code": status, "headers": {}, "body": body}, None)
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("protocol", "status", "body"),
+    [("json", 200, b"<html>hello</html>"), ("json", 400, b"\xff\xfe"), ("query", 200, b"garbage")],
+)
+def test_an_answer_the_parser_cannot_read_becomes_a_marked_error(
+    protocol: str, status: int, body: bytes
+) -> None:
+    parser = awsclient._GuardedParserFactory().create_parser(protocol)
+    parsed = parser.parse({"status_code": status, "headers": {}, "body": body}, None)
+    assert parsed["Error"]["Code"] == "UnparseableResponse"
+    assert awsclient._unparseable(parsed, _SIGN) is not None
+
+
+def test_a_5xx_the_parser_cannot_read_keeps_its_status_as_the_code() -> None:
+    assert awsclient._unparseable(_proxy_answer(502, b"upstream is down"), _SIGN) == (
+        "502",
+        'KMS Sign answered HTTP 502 with a body that is not an AWS answer: "upstream is down"',
+    )
+
+
+def test_an_aws_answer_is_parsed_as_botocore_would() -> None:
+    parsed = _proxy_answer(200, b'{"KeyId": "k"}')
+    assert awsclient._unparseable(parsed, _SIGN) is None
+
+
+def test_only_a_short_excerpt_of_the_body_is_quoted() -> None:
+    quoted = awsclient.excerpt(b"<html>\n  <body>" + b"x" * 10_000)
+    assert quoted == '"<html> <body>' + "x" * 66 + '…"'
+
+
+def test_an_answer_that_is_not_an_aws_answer_neither_opens_nor_closes_the_breaker() -> None:
+    # It came at once (nothing to fail fast for) and not from KMS (no news that KMS is back).
+    breaker = Breaker(threshold=3, now=FakeTime())
+    policy = awsclient._Policy(breaker)
+    answer = _proxy_answer(200, b"<html>portal</html>")
+    breaker.failure("Timeout")
+    breaker.failure("Timeout")
+    with awsclient.deadline.scope(30.0):
+        delay = policy.needs_retry(attempts=1, response=(_Answer(200), answer), operation=_SIGN)
+    assert delay is not None, "retried"
+    assert not breaker.is_open
+    breaker.failure("Timeout")
+    assert breaker.is_open
+    with pytest.raises(botocore.exceptions.ClientError) as failed:
+        policy.after_call(parsed=answer, model=_SIGN)
+    assert failed.value.response["Error"]["Code"] == "UnparseableResponse"
+    assert breaker.is_open
+
+
+def test_a_parser_error_from_elsewhere_is_unparseable_and_bounded() -> None:
+    def call() -> None:
+        raise botocore.parsers.ResponseParserError(
+            "Unable to parse response, invalid XML received:\n" + "x" * 5000
+        )
+
+    with pytest.raises(awsclient.KmsError) as failed:
+        awsclient.translate("Sign", call)
+    assert failed.value.code == "UnparseableResponse"
+    assert len(failed.value.message) < 120

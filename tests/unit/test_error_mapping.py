@@ -24,6 +24,10 @@ CASES = [
     ("Unreachable", ErrorKind.UNAVAILABLE),
     ("Timeout", ErrorKind.UNAVAILABLE),
     ("503", ErrorKind.UNAVAILABLE),
+    (
+        "UnparseableResponse",
+        ErrorKind.UNAVAILABLE,
+    ),  # a proxy's page, a wrong endpoint: like a transport failure
     ("ValidationException", ErrorKind.INVALID_ARGUMENT),
     ("InvalidKeyUsageException", ErrorKind.INVALID_ARGUMENT),
     ("AlreadyExistsException", ErrorKind.INTERNAL),

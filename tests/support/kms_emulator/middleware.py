@@ -9,7 +9,7 @@ Control API (all bodies JSON):
   POST   /_emulator/faults  {"operation": "Sign", "error": "ThrottlingException", "status": 400,
                              "message": "Rate exceeded", "count": 3, "delay_ms": 0}
                             or, as a proxy in front of KMS would answer, a raw body instead of an error:
-                            {"operation": "Sign", "status": 503, "body": ""}
+                            {"operation": "Sign", "status": 503, "body": ""} (any status from 200)
   DELETE /_emulator/faults
   GET    /_emulator/calls   -> {"Sign": 12, "CreateKey": 2, ...}
   DELETE /_emulator/calls
@@ -224,15 +224,17 @@ def parse_fault(body: Any) -> Fault:
     if not isinstance(message, str):
         raise ControlError(400, "message must be a string")
     status = _int_field(body, "status", 400)
-    if not 400 <= status <= 599:
-        raise ControlError(400, "status must be an HTTP error status (400..599)")
+    raw_body = body.get("body")
+    # A raw body may come with a success status: a proxy's HTML page is often a 200.
+    lowest = 200 if raw_body is not None else 400
+    if not lowest <= status <= 599:
+        raise ControlError(400, f"status must be an HTTP status from {lowest} to 599")
     count = _int_field(body, "count", 1)
     if count != -1 and count < 1:
         raise ControlError(400, "count must be >= 1, or -1 for until cleared")
     delay_ms = _int_field(body, "delay_ms", 0)
     if not 0 <= delay_ms <= _MAX_DELAY_MS:
         raise ControlError(400, f"delay_ms must be between 0 and {_MAX_DELAY_MS}")
-    raw_body = body.get("body")
     if raw_body is not None and not isinstance(raw_body, str):
         raise ControlError(400, "body must be a string")
     if raw_body is not None and error is not None:
