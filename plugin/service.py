@@ -22,6 +22,7 @@ from plugin.keymanager import KeyManager, KeySettings, ManagedKey
 from plugin.kmsapi import Kms
 from plugin.lifecycle import DeletionQueue
 from plugin.naming import BuiltinScheme
+from plugin.rpcdecode import TolerantServer
 from proto_gen.spire.config import config_pb2, config_pb2_grpc
 from proto_gen.spire.init import init_pb2, init_pb2_grpc
 from proto_gen.spire.keymanager import keymanager_pb2, keymanager_pb2_grpc
@@ -223,9 +224,11 @@ class PluginServices:
         return cls(keys=KeyManager(DeletionQueue()), kms_factory=kms_factory)
 
     def register(self, server: grpc.Server) -> None:
-        init_pb2_grpc.add_InitServicer_to_server(InitService(), server)
-        config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self.keys, self.kms_factory), server)
-        keymanager_pb2_grpc.add_KeyManagerServicer_to_server(KeyManagerService(self.keys), server)
+        # Bytes that are no request are refused INVALID_ARGUMENT before a servicer runs, not INTERNAL.
+        tolerant = TolerantServer(server)
+        init_pb2_grpc.add_InitServicer_to_server(InitService(), tolerant)
+        config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self.keys, self.kms_factory), tolerant)
+        keymanager_pb2_grpc.add_KeyManagerServicer_to_server(KeyManagerService(self.keys), tolerant)
 
     def stop(self) -> None:
         self.keys.stop()
