@@ -9,7 +9,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from plugin.awsclient import AwsClients, ClientSettings, translate
-from plugin.kmsapi import Alias, CallerIdentity, KeyDescription, PublicKey, TaggedResource
+from plugin.kmsapi import (
+    UNPARSEABLE,
+    Alias,
+    CallerIdentity,
+    KeyDescription,
+    KmsError,
+    PublicKey,
+    TaggedResource,
+)
 
 T = TypeVar("T")
 
@@ -20,6 +28,15 @@ LIST_KEYS_PAGE_SIZE = 1000
 def _call(operation: str, fn: Callable[[], T]) -> T:
     result: T = translate(operation, fn)
     return result
+
+
+def _required(answer: Mapping[str, Any], field: str, operation: str) -> Any:
+    """A field every real answer of the operation has: one without it (an empty 200 from a proxy) is no
+    KMS answer either."""
+    try:
+        return answer[field]
+    except KeyError:
+        raise KmsError(operation, UNPARSEABLE, f"the answer has no {field}: it is not a KMS answer") from None
 
 
 class Boto3Kms:
@@ -47,11 +64,12 @@ class Boto3Kms:
 
     def describe_key(self, key_id: str) -> KeyDescription:
         answer = _call("DescribeKey", lambda: self._client.describe_key(KeyId=key_id))
-        return _description(answer["KeyMetadata"])
+        return _description(_required(answer, "KeyMetadata", "DescribeKey"))
 
     def get_public_key(self, key_id: str) -> PublicKey:
         answer = _call("GetPublicKey", lambda: self._client.get_public_key(KeyId=key_id))
-        return PublicKey(arn=answer["KeyId"], der=answer["PublicKey"], key_spec=answer.get("KeySpec", ""))
+        arn, der = (_required(answer, field, "GetPublicKey") for field in ("KeyId", "PublicKey"))
+        return PublicKey(arn=arn, der=der, key_spec=answer.get("KeySpec", ""))
 
     def create_key(
         self, key_spec: str, description: str, tags: Mapping[str, str], policy: str | None
@@ -66,7 +84,7 @@ class Boto3Kms:
         if policy is not None:
             request["Policy"] = policy
         answer = _call("CreateKey", lambda: self._client.create_key(**request))
-        return _description(answer["KeyMetadata"])
+        return _description(_required(answer, "KeyMetadata", "CreateKey"))
 
     def create_alias(self, alias_name: str, target_key_id: str) -> None:
         _call(
@@ -91,7 +109,7 @@ class Boto3Kms:
                 KeyId=key_id, Message=digest, MessageType="DIGEST", SigningAlgorithm=signing_algorithm
             ),
         )
-        signature: bytes = answer["Signature"]
+        signature: bytes = _required(answer, "Signature", "Sign")
         return signature
 
     # -- key lifecycle: heartbeat, disposal, tag-based discovery, default key policy --------------------

@@ -319,3 +319,17 @@ def test_custom_endpoint_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     url = "https://vpce-0123-abcd.kms.us-east-1.vpce.amazonaws.com"
     assert kms_client(ClientSettings(region=REGION, endpoint=url)).meta.endpoint_url == url
+
+
+@pytest.mark.parametrize("body", ["", "{}"], ids=["empty 200", "empty JSON object"])
+def test_an_answer_without_its_result_is_unavailable_not_internal(
+    emulator: EmulatorControl, body: str
+) -> None:
+    # A proxy that swallows the body: a 200 that carries no signature is no KMS answer.
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error=None, status=200, body=body, count=-1)
+    with deadline.scope(3.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert (failed.value.operation, failed.value.code) == ("Sign", "UnparseableResponse")
+    assert failed.value.message == "the answer has no Signature: it is not a KMS answer"
