@@ -12,15 +12,16 @@ import json
 import os
 import re
 import stat
+import threading
 import types
 import unicodedata
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import hcl
+from hcl.parser import HclParser  # type: ignore[import-untyped]
 
 from plugin.naming import (
     DEFAULT_KEY_PREFIX,
@@ -38,6 +39,15 @@ MAX_TAGS = 50
 MAX_TAG_KEY_LENGTH = 128
 MAX_TAG_VALUE_LENGTH = 256
 MAX_KEY_POLICY_BYTES = 32 * 1024
+# A real plugin_data block is under 2 KiB. The limit keeps a parse well under a second (pyhcl's parser is
+# pure Python) and a hostile text from holding a gRPC worker.
+MAX_CONFIG_BYTES = 64 * 1024
+# key_tags is the deepest documented setting (a block of strings); anything nested far deeper is a mistake,
+# and a bound keeps the walk over the parsed text shallow.
+MAX_CONFIG_DEPTH = 16
+# Values and keys quoted back in problems are cut to this many characters (paths to PATH_QUOTE_LIMIT).
+QUOTE_LIMIT = 64
+PATH_QUOTE_LIMIT = 256
 # A server id is a UUID; a hand-edited file may add a newline or spaces, not kilobytes.
 MAX_SERVER_ID_FILE_BYTES = 1024
 RESERVED_TAG_PREFIX_PLUGIN = "spire-"
@@ -135,21 +145,21 @@ class ConfigError(Exception):
 
 
 def parse_config(hcl_text: str, trust_domain: str) -> Config:
-    data = _parse_hcl(hcl_text)
-    problems = [_unknown_key(key) for key in data if key not in KNOWN_KEYS]
+    data, problems = _parse_hcl(hcl_text)
+    problems.extend(_unknown_key(key) for key in data if key not in KNOWN_KEYS)
 
     region = _string(data, "region", problems)
     if "region" not in data:
         problems.append("region is required")
     elif region is not None and not _blank(region, "region", problems) and not _REGION.fullmatch(region):
-        problems.append(f'region "{region}" is invalid: expected a region name such as us-east-1')
+        problems.append(f"region {_quoted(region)} is invalid: expected a region name such as us-east-1")
 
     credentials = _credentials(data, problems)
     key_prefix, server_id = _naming(data, trust_domain, problems)
     key_policy_file = _string(data, "key_policy_file", problems)
     if key_policy_file is not None and _blank(key_policy_file, "key_policy_file", problems):
         key_policy_file = None
-    key_tags = _key_tags(data["key_tags"], problems) if "key_tags" in data else {}
+    key_tags = _key_tags(data["key_tags"].values, problems) if "key_tags" in data else {}
     deletion_window_days = _deletion_window_days(data, problems)
     tag_discovery = _tag_discovery(data, key_tags, problems)
     assume_role = _assume_role(data, problems)
@@ -184,14 +194,17 @@ def read_key_policy(path: str) -> str:
         "key_policy_file", path, MAX_KEY_POLICY_BYTES, too_large, "cannot be read: it is not UTF-8 text"
     )
     if text is None:
-        raise ConfigError([f'key_policy_file "{path}" cannot be read: No such file or directory'])
+        raise ConfigError([f"key_policy_file {_path(path)} cannot be read: No such file or directory"])
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError([f'key_policy_file "{path}" is not valid JSON: {err}']) from None
+        raise ConfigError([f"key_policy_file {_path(path)} is not valid JSON: {err}"]) from None
     if not isinstance(document, dict):
         raise ConfigError(
-            [f'key_policy_file "{path}" must hold a JSON object (a key policy), not {_json_kind(document)}']
+            [
+                f"key_policy_file {_path(path)} must hold a JSON object (a key policy), "
+                f"not {_json_kind(document)}"
+            ]
         )
     return text
 
@@ -208,7 +221,9 @@ def load_server_id(source: ServerIdFile | ServerIdValue) -> str:
             # Another server process sharing the file created it first: use its id.
             text = _read_id_file(source)
             if text is None:
-                raise ConfigError([f'{source.key} "{source.path}" cannot be created: File exists']) from None
+                raise ConfigError(
+                    [f"{source.key} {_path(source.path)} cannot be created: File exists"]
+                ) from None
     return _parse_server_id(source, text)
 
 
@@ -242,29 +257,249 @@ def naming_scheme(config: Config, server_id: str | None) -> AliasScheme:
     return BuiltinScheme(config.trust_domain, server_id)
 
 
-def _parse_hcl(text: str) -> dict[str, Any]:
+_NOT_HCL = "the configuration is not valid HCL"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Pairs:
+    """An HCL or JSON object as written: its (key, value) pairs in order, a key given twice kept twice.
+    pyhcl itself merges them (last wins, blocks merged), which would hide a mistake."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[object, object]]) -> None:
+        self.pairs = pairs
+
+
+@dataclass(frozen=True)
+class _Expression:
+    """What pyhcl would evaluate or keep as text (arithmetic, a bare name, a function call, a condition):
+    HCL1 as SPIRE reads it has none of these, so no setting may be one. `text` is only kept for keys."""
+
+    text: str = ""
+
+
+_EXPRESSION = _Expression()
+
+
+class _Name(str):
+    """A bare identifier: a key when left of `=`, an expression when right of it."""
+
+    __slots__ = ()
+
+
+def _text(part: object) -> str:
+    return part.text if isinstance(part, _Expression) else str(part)
+
+
+def _appended(items: list[object], item: object) -> list[object]:
+    # pyhcl builds its lists as `items + [item]`, quadratic in their length.
+    items.append(item)
+    return items
+
+
+def _rule(parent: Any, action: Callable[[Any], object]) -> Any:
+    """A grammar action replacing pyhcl's `parent`, for the same productions."""
+
+    def rule(self: Any, p: Any) -> None:
+        p[0] = action(p)
+
+    rule.__doc__ = parent.__doc__
+    # ply orders productions by their first line, which picks the start symbol and settles conflicts:
+    # keep pyhcl's order, so the grammar is pyhcl's exactly.
+    rule.co_firstlineno = parent.__code__.co_firstlineno  # type: ignore[attr-defined]
+    return rule
+
+
+def _expression(p: Any) -> _Expression:
+    return _EXPRESSION
+
+
+def _bare(p: Any, index: int) -> object:
+    return _Name(p[index]) if p.slice[index].type == "IDENTIFIER" else p[index]
+
+
+class _LiteralParser(HclParser):  # type: ignore[misc]
+    """pyhcl's grammar with actions that keep what was written instead of merging and evaluating it."""
+
+    def objectlist_flat(self, lt: list[tuple[object, object]], replace: bool) -> _Pairs:
+        return _Pairs(lt)
+
+    p_objectlist_1 = _rule(HclParser.p_objectlist_1, lambda p: _appended(p[1], p[2]))
+    p_objectlist_2 = _rule(HclParser.p_objectlist_2, lambda p: _appended(p[1], p[3]))
+    p_listitems_1 = _rule(HclParser.p_listitems_1, lambda p: _appended(p[1], p[3]))
+    p_objectkey_0 = _rule(HclParser.p_objectkey_0, lambda p: _bare(p, 1))
+    p_objectkey_1 = _rule(HclParser.p_objectkey_1, lambda p: _Expression(" ".join(map(_text, p[1:]))))
+    p_objectitem_0 = _rule(HclParser.p_objectitem_0, lambda p: (p[1], _bare(p, 3)))
+    p_objectitem_2 = _rule(HclParser.p_objectitem_2, lambda p: (p[1], _EXPRESSION))
+    p_objectbrackets_0 = _rule(HclParser.p_objectbrackets_0, _expression)
+    p_objectbrackets_1 = _rule(HclParser.p_objectbrackets_1, _expression)
+    p_booleanexp_0 = _rule(HclParser.p_booleanexp_0, _expression)
+    p_function_0 = _rule(HclParser.p_function_0, _expression)
+    p_function_1 = _rule(HclParser.p_function_1, _expression)
+    p_function_2 = _rule(HclParser.p_function_2, _expression)
+    p_function_3 = _rule(HclParser.p_function_3, _expression)
+    p_list_2 = _rule(HclParser.p_list_2, _expression)
+    p_listitem_1 = _rule(HclParser.p_listitem_1, _expression)
+    p_listitems_3 = _rule(HclParser.p_listitems_3, lambda p: [p[1], _EXPRESSION])
+    p_number_4 = _rule(HclParser.p_number_4, _expression)
+    p_number_5 = _rule(HclParser.p_number_5, _expression)
+    p_number_6 = _rule(HclParser.p_number_6, _expression)
+    p_number_7 = _rule(HclParser.p_number_7, _expression)
+
+
+# Building the parser takes tens of milliseconds and a ply parser keeps its state on itself while parsing:
+# one per gRPC worker thread.
+_parsers = threading.local()
+
+
+def _hcl_parser() -> Any:
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = _LiteralParser()
+    return parser
+
+
+def _parse_hcl(text: str) -> tuple[dict[str, Any], list[str]]:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                f"the configuration is too large: {size} bytes, at most {MAX_CONFIG_BYTES} (64 KiB) "
+                "are accepted"
+            ]
+        )
     # pyhcl refuses whitespace-only input, which SPIRE may send for an empty plugin_data block.
     if not text.strip():
-        return {}
+        return {}, []
     try:
-        data = hcl.loads(text)
+        # As pyhcl decides: text opening with { is JSON.
+        if text.lstrip().startswith("{"):
+            parsed = json.loads(text, object_pairs_hook=_Pairs)
+        else:
+            parsed = _hcl_parser().parse(text)
+    except RecursionError:
+        raise ConfigError([f"{_NOT_HCL}: it is nested too deeply"]) from None
     except ValueError as err:
-        detail = _ECHOED_CHARACTER.sub("", str(err))
-        raise ConfigError([f"the configuration is not valid HCL: {detail}"]) from None
+        # JSONDecodeError is a ValueError, and so are pyhcl's syntax errors.
+        detail = _escaped(_ECHOED_CHARACTER.sub("", str(err)))[:512]
+        raise ConfigError([f"{_NOT_HCL}: {detail}"]) from None
     except Exception as err:
         # Other failures inside pyhcl may quote input (a secret, perhaps): name the failure only.
-        raise ConfigError(
-            [f"the configuration is not valid HCL: the parser failed with {type(err).__name__}"]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["the configuration is not valid HCL: expected key = value settings"])
-    return data
+        raise ConfigError([f"{_NOT_HCL}: the parser failed with {type(err).__name__}"]) from None
+    if not isinstance(parsed, _Pairs):
+        raise ConfigError([f"{_NOT_HCL}: expected key = value settings"])
+    return _settings(parsed)
+
+
+def _settings(parsed: _Pairs) -> tuple[dict[str, Any], list[str]]:
+    """The settings by key, and the problems in how they are written (a key given twice, an expression as
+    a key). key_tags, which HCL lets one give as several blocks, keeps every value given (a _KeyTags). Text
+    that cannot be judged at all is a ConfigError."""
+    unreadable: list[str] = []
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for key, value in parsed.pairs:
+        if isinstance(key, _Expression):
+            problems.append(f"{_NOT_HCL}: {_quoted(key.text)} is an expression, not a key")
+            continue
+        key = str(key)
+        if _SURROGATE.search(key):
+            unreadable.append(
+                f"the configuration key {_quoted(key)} is not valid UTF-8 text (unpaired surrogate)"
+            )
+            continue
+        reason = _unreadable(value, 1)
+        if reason is not None:
+            unreadable.append(f"{key}: the value {reason}")
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        if key == "key_tags":
+            data.setdefault(key, _KeyTags()).values.append(value)
+        else:
+            data[key] = _plain(value)
+    if unreadable:
+        # The rest would be judged on text the sender did not mean; these come first and alone.
+        raise ConfigError(dict.fromkeys(unreadable))
+    for key, count in counts.items():
+        if count > 1 and key in KNOWN_KEYS and key != "key_tags":
+            problems.append(f"{key} is given {_times(count)}")
+    return data, problems
+
+
+@dataclass
+class _KeyTags:
+    """Every value given for key_tags, as written."""
+
+    values: list[object] = field(default_factory=list)
+
+
+def _times(count: int) -> str:
+    return "twice" if count == 2 else f"{count} times"
+
+
+def _unreadable(value: object, depth: int) -> str | None:
+    """Why a parsed value cannot be judged at all, or None."""
+    if depth > MAX_CONFIG_DEPTH:
+        return f"is nested more than {MAX_CONFIG_DEPTH} levels deep"
+    if isinstance(value, str):
+        return "is not valid UTF-8 text (unpaired surrogate)" if _SURROGATE.search(value) else None
+    if isinstance(value, _Expression):
+        return _unreadable(value.text, depth)
+    if isinstance(value, list):
+        children: Iterable[object] = value
+    elif isinstance(value, _Pairs):
+        children = (part for pair in value.pairs for part in pair)
+    elif isinstance(value, dict):
+        children = (part for pair in value.items() for part in pair)
+    else:
+        return None
+    for child in children:
+        reason = _unreadable(child, depth + 1)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _plain(value: object) -> object:
+    """A parsed value as plain data: dicts (last value wins), lists, and _EXPRESSION for expressions."""
+    if isinstance(value, _Name | _Expression):
+        return _EXPRESSION
+    if isinstance(value, _Pairs):
+        return {_text(key): _plain(item) for key, item in value.pairs}
+    if isinstance(value, dict):
+        return {_text(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _escaped(text: str) -> str:
+    return "".join(
+        char
+        if char.isprintable() and char not in '"\\'
+        else ("\\" + char if char in '"\\' else repr(char)[1:-1])
+        for char in text
+    )
+
+
+def _quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """`value` in double quotes for a problem, escaped (a problem is one line of UTF-8 text whatever was
+    given) and cut to `limit` characters with its length."""
+    if len(value) <= limit:
+        return f'"{_escaped(value)}"'
+    return f'"{_escaped(value[:limit])}..." ({len(value)} characters)'
+
+
+def _path(path: str) -> str:
+    return _quoted(path, PATH_QUOTE_LIMIT)
 
 
 def _unknown_key(key: str) -> str:
     guess = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
     hint = f' (did you mean "{guess[0]}"?)' if guess else ""
-    return f'unknown configuration key "{key}"{hint}'
+    return f"unknown configuration key {_quoted(key)}{hint}"
 
 
 def _string(data: Mapping[str, Any], key: str, problems: list[str]) -> str | None:
@@ -352,30 +587,42 @@ def _naming(
     return None, server_id
 
 
-def _key_tags(raw: object, problems: list[str]) -> dict[str, str]:
-    # HCL1 gives a dict for `key_tags = {...}` or one block, and a list of dicts for repeated blocks.
-    if isinstance(raw, dict):
-        blocks: list[dict[str, Any]] = [raw]
-    elif isinstance(raw, list) and all(isinstance(block, dict) for block in raw):
-        blocks = raw
-    else:
-        problems.append(f"key_tags must be a map of tag names to string values, not {_kind(raw)}")
-        return {}
+def _key_tags(given: list[object], problems: list[str]) -> dict[str, str]:
+    # HCL1 allows `key_tags = {...}`, `key_tags { ... }` repeated (the blocks merge) and a list of maps.
+    pairs: list[tuple[object, object]] = []
+    for raw in given:
+        blocks = raw if isinstance(raw, list) else [raw]
+        if not all(isinstance(block, _Pairs | dict) for block in blocks):
+            problems.append(f"key_tags must be a map of tag names to string values, not {_kind(_plain(raw))}")
+            return {}
+        for block in blocks:
+            if isinstance(block, _Pairs):
+                pairs.extend(block.pairs)
+            elif isinstance(block, dict):
+                pairs.extend(block.items())
     tags: dict[str, str] = {}
-    seen: set[str] = set()
-    for block in blocks:
-        for key, value in block.items():
-            if key in seen:
-                problems.append(f'key_tags "{key}" is set more than once')
-                continue
-            seen.add(key)
-            tag_problems = _tag_problems(key, value)
-            if tag_problems:
-                problems.extend(tag_problems)
-            else:
-                tags[key] = value
-    if len(seen) > MAX_TAGS:
-        problems.append(f"key_tags has {len(seen)} tags: KMS allows at most {MAX_TAGS} tags per key")
+    counts: dict[str, int] = {}
+    for key, value in pairs:
+        if isinstance(key, _Expression):
+            problems.append(
+                f"key_tags key {_quoted(key.text)} is invalid: tag keys are names or quoted strings, "
+                "not expressions"
+            )
+            continue
+        key = str(key)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] > 1:
+            continue
+        tag_problems = _tag_problems(key, _plain(value))
+        if tag_problems:
+            problems.extend(tag_problems)
+        else:
+            tags[key] = str(value)
+    problems.extend(
+        f"key_tags {_quoted(key)} is given {_times(count)}" for key, count in counts.items() if count > 1
+    )
+    if len(counts) > MAX_TAGS:
+        problems.append(f"key_tags has {len(counts)} tags: KMS allows at most {MAX_TAGS} tags per key")
     return tags
 
 
@@ -383,27 +630,30 @@ def _tag_problems(key: str, value: object) -> list[str]:
     problems: list[str] = []
     if not 1 <= len(key) <= MAX_TAG_KEY_LENGTH:
         problems.append(
-            f'key_tags key "{key}" is invalid: tag keys must be 1 to {MAX_TAG_KEY_LENGTH} characters long'
+            f"key_tags key {_quoted(key)} is invalid: tag keys must be 1 to {MAX_TAG_KEY_LENGTH} "
+            "characters long"
         )
     if not _tag_text_ok(key):
-        problems.append(f'key_tags key "{key}" is invalid: tag keys may only contain {_TAG_CHARSET}')
+        problems.append(f"key_tags key {_quoted(key)} is invalid: tag keys may only contain {_TAG_CHARSET}")
     if key.lower().startswith("aws:"):
-        problems.append(f'key_tags key "{key}" is reserved: tag keys starting with aws: belong to AWS')
+        problems.append(f"key_tags key {_quoted(key)} is reserved: tag keys starting with aws: belong to AWS")
     if key.startswith(RESERVED_TAG_PREFIX_PLUGIN):
         problems.append(
-            f'key_tags key "{key}" is reserved: tag keys starting with {RESERVED_TAG_PREFIX_PLUGIN} '
+            f"key_tags key {_quoted(key)} is reserved: tag keys starting with {RESERVED_TAG_PREFIX_PLUGIN} "
             "belong to this plugin"
         )
     if not isinstance(value, str):
-        problems.append(f'key_tags "{key}" must be a string, not {_kind(value)}')
+        problems.append(f"key_tags {_quoted(key)} must be a string, not {_kind(value)}")
         return problems
     if len(value) > MAX_TAG_VALUE_LENGTH:
         problems.append(
-            f'key_tags "{key}" has an invalid value: tag values may be at most {MAX_TAG_VALUE_LENGTH} '
+            f"key_tags {_quoted(key)} has an invalid value: tag values may be at most {MAX_TAG_VALUE_LENGTH} "
             f"characters, not {len(value)}"
         )
     if not _tag_text_ok(value):
-        problems.append(f'key_tags "{key}" has an invalid value: tag values may only contain {_TAG_CHARSET}')
+        problems.append(
+            f"key_tags {_quoted(key)} has an invalid value: tag values may only contain {_TAG_CHARSET}"
+        )
     return problems
 
 
@@ -463,14 +713,16 @@ def _assume_role(data: Mapping[str, Any], problems: list[str]) -> AssumeRole | N
         return None
     if not _ROLE_ARN.fullmatch(role_arn):
         problems.append(
-            f'role_arn "{role_arn}" is invalid: expected arn:<partition>:iam::<12-digit account>:role/<name>'
+            f"role_arn {_quoted(role_arn)} is invalid: expected "
+            "arn:<partition>:iam::<12-digit account>:role/<name>"
         )
     if external_id is not None and not _EXTERNAL_ID.fullmatch(external_id):
         # The external id is a shared secret between accounts: never repeat it.
         problems.append("role_external_id is invalid: it must be 2 to 1224 of a-z A-Z 0-9 + = , . @ : / - _")
     if session_name is not None and not _SESSION_NAME.fullmatch(session_name):
         problems.append(
-            f'role_session_name "{session_name}" is invalid: it must be 2 to 64 of a-z A-Z 0-9 + = , . @ - _'
+            f"role_session_name {_quoted(session_name)} is invalid: it must be 2 to 64 of "
+            "a-z A-Z 0-9 + = , . @ - _"
         )
     return AssumeRole(
         role_arn=role_arn,
@@ -485,7 +737,7 @@ def _endpoint(data: Mapping[str, Any], problems: list[str]) -> tuple[str | None,
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.query or parsed.fragment:
             problems.append(
-                f'endpoint "{endpoint}" is invalid: expected a URL such as '
+                f"endpoint {_quoted(endpoint)} is invalid: expected a URL such as "
                 "https://vpce-0123-abcd.kms.us-east-1.vpce.amazonaws.com"
             )
     use_fips = data.get("use_fips_endpoint", False)
@@ -513,6 +765,8 @@ def _kind(value: object) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a block"
+    if isinstance(value, _Expression):
+        return "an expression (HCL expressions are not evaluated)"
     return type(value).__name__
 
 
@@ -547,21 +801,21 @@ def _read_small_file(key: str, path: str, limit: int, too_large: str, not_text: 
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise ConfigError([f'{key} "{path}" cannot be read: {_os_reason(err)}']) from None
+        raise ConfigError([f"{key} {_path(path)} cannot be read: {_os_reason(err)}"]) from None
     try:
         mode = os.fstat(fd).st_mode
         for is_kind, kind in _FILE_KINDS:
             if is_kind(mode):
-                raise ConfigError([f'{key} "{path}" is {kind}, not a file'])
+                raise ConfigError([f"{key} {_path(path)} is {kind}, not a file"])
         data = os.read(fd, limit + 1)
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise ConfigError([f'{key} "{path}" is too large: {too_large}'])
+        raise ConfigError([f"{key} {_path(path)} is too large: {too_large}"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError([f'{key} "{path}" {not_text}']) from None
+        raise ConfigError([f"{key} {_path(path)} {not_text}"]) from None
 
 
 def _read_id_file(source: ServerIdFile) -> str | None:
@@ -577,7 +831,7 @@ def _parse_server_id(source: ServerIdFile, text: str) -> str:
         return str(uuid.UUID(text.strip()))
     except ValueError:
         # The content is not echoed: a mistyped path could point at a file holding secrets.
-        raise ConfigError([f'{source.key} "{source.path}" {_NOT_A_SERVER_ID}']) from None
+        raise ConfigError([f"{source.key} {_path(source.path)} {_NOT_A_SERVER_ID}"]) from None
 
 
 def _create_id_file(source: ServerIdFile) -> str:
@@ -589,7 +843,7 @@ def _create_id_file(source: ServerIdFile) -> str:
     except FileExistsError:
         raise
     except OSError as err:
-        raise ConfigError([f'{key} "{path}" cannot be created: {_os_reason(err)}']) from None
+        raise ConfigError([f"{key} {_path(path)} cannot be created: {_os_reason(err)}"]) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as id_file:
             # The umask may have taken more than we asked for; the file must stay ours to read and fix.
@@ -601,7 +855,7 @@ def _create_id_file(source: ServerIdFile) -> str:
         # An empty id file would stop the next start; leave nothing rather than that.
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise ConfigError([f'{key} "{path}" cannot be written: {_os_reason(err)}']) from None
+        raise ConfigError([f"{key} {_path(path)} cannot be written: {_os_reason(err)}"]) from None
     return server_id
 
 
@@ -609,10 +863,10 @@ def _creatable_problems(source: ServerIdFile) -> list[str]:
     path, key = source.path, source.key
     if os.path.islink(path):
         # Creating through it would fail with "File exists" at Configure.
-        return [f'{key} "{path}" is a symbolic link to "{os.readlink(path)}", which does not exist']
+        return [f"{key} {_path(path)} is a symbolic link to {_path(os.readlink(path))}, which does not exist"]
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
-        return [f'{key} "{path}" cannot be created: directory "{parent}" does not exist']
+        return [f"{key} {_path(path)} cannot be created: directory {_path(parent)} does not exist"]
     if not os.access(parent, os.W_OK | os.X_OK):
-        return [f'{key} "{path}" cannot be created: directory "{parent}" is not writable']
+        return [f"{key} {_path(path)} cannot be created: directory {_path(parent)} is not writable"]
     return []

@@ -7,14 +7,15 @@ import dataclasses
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import hcl
 import pytest
 
+import plugin.config
 from plugin.config import (
     Config,
     ConfigError,
@@ -420,12 +421,12 @@ def test_each_bad_setting_is_named(hcl_text: str, problems: tuple[str, ...]) -> 
         ),
         pytest.param(
             'key_tags { a = "1" a = "2" }',
-            ('key_tags "a" must be a string, not a list',),
+            ('key_tags "a" is given twice',),
             id="repeated key in one block",
         ),
         pytest.param(
             'key_tags { a = "1" }\nkey_tags { a = "2" }',
-            ('key_tags "a" is set more than once',),
+            ('key_tags "a" is given twice',),
             id="repeated key across blocks",
         ),
         pytest.param(
@@ -435,7 +436,10 @@ def test_each_bad_setting_is_named(hcl_text: str, problems: tuple[str, ...]) -> 
         ),
         pytest.param(
             f'key_tags {{ "{"k" * 129}" = "x" }}',
-            (f'key_tags key "{"k" * 129}" is invalid: tag keys must be 1 to 128 characters long',),
+            (
+                f'key_tags key "{"k" * 64}..." (129 characters) is invalid: tag keys must be 1 to 128 '
+                "characters long",
+            ),
             id="long key",
         ),
         pytest.param(
@@ -450,7 +454,8 @@ def test_each_bad_setting_is_named(hcl_text: str, problems: tuple[str, ...]) -> 
         ),
         pytest.param(
             'key_tags { "a\tb" = "x" }',
-            (f'key_tags key "a\tb" is invalid: tag keys may only contain {TAG_CHARSET}',),
+            # Escaped: a problem is one line whatever the text held.
+            (f'key_tags key "a\\tb" is invalid: tag keys may only contain {TAG_CHARSET}',),
             id="key tab",
         ),
         pytest.param(
@@ -606,10 +611,10 @@ def test_hcl_syntax_errors_say_so_with_the_parser_detail(hcl_text: str, detail: 
 
 
 def test_unexpected_parser_failures_are_named_without_their_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_loads(text: str) -> object:
+    def failing_parse(parser: object, text: str) -> object:
         raise TypeError(f"{SECRET} is of type str")
 
-    monkeypatch.setattr(hcl, "loads", failing_loads)
+    monkeypatch.setattr(plugin.config._LiteralParser, "parse", failing_parse)
     assert problems_of(f'secret_access_key = "{SECRET}"') == (
         "the configuration is not valid HCL: the parser failed with TypeError",
     )
@@ -989,3 +994,135 @@ def test_key_metadata_file_problems_are_reported_under_its_own_name(tmp_path: Pa
     path.write_text("not a uuid")
     config = parse_config(REGION + f'key_metadata_file = "{path}"', TD)
     assert check_files(config) == [f'key_metadata_file "{path}" does not hold a server id (a UUID)']
+
+
+# --- how the text is written: encoding, expressions, duplicates, size ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hcl_text", "problems"),
+    [
+        pytest.param(
+            '{"region": "\\ud800"}',
+            ("region: the value is not valid UTF-8 text (unpaired surrogate)",),
+            id="JSON escape of a lone surrogate",
+        ),
+        pytest.param(
+            'region = "us-\udfff"',
+            ("region: the value is not valid UTF-8 text (unpaired surrogate)",),
+            id="lone surrogate in HCL text",
+        ),
+        pytest.param(
+            '{"\\ud800x": "us-east-1"}',
+            ('the configuration key "\\ud800x" is not valid UTF-8 text (unpaired surrogate)',),
+            id="surrogate in a key",
+        ),
+        pytest.param(
+            '{"region": "us-east-1", "key_tags": {"\\udc00": "v"}, "endpoint": ["\\ud83d"]}',
+            (
+                "key_tags: the value is not valid UTF-8 text (unpaired surrogate)",
+                "endpoint: the value is not valid UTF-8 text (unpaired surrogate)",
+            ),
+            id="surrogates in a tag name and a list",
+        ),
+        pytest.param(
+            'a + 1 = "x"\n' + REGION,
+            ('the configuration is not valid HCL: "a + 1" is an expression, not a key',),
+            id="arithmetic as a key",
+        ),
+        pytest.param(
+            REGION + 'key_tags { a + 1 = "x" }',
+            ('key_tags key "a + 1" is invalid: tag keys are names or quoted strings, not expressions',),
+            id="arithmetic as a tag name",
+        ),
+        pytest.param(
+            REGION + "deletion_window_days = 7 * 2",
+            (
+                "deletion_window_days must be a whole number of days, not an expression (HCL expressions "
+                "are not evaluated)",
+            ),
+            id="arithmetic as a value",
+        ),
+        pytest.param(
+            "region = us",
+            ("region must be a string, not an expression (HCL expressions are not evaluated)",),
+            id="bare name as a value",
+        ),
+        pytest.param(
+            REGION + 'key_tags { a = upper("x") }',
+            ('key_tags "a" must be a string, not an expression (HCL expressions are not evaluated)',),
+            id="function call as a tag value",
+        ),
+        pytest.param(
+            REGION + 'role_arn = x == 1 ? "a" : "b"',
+            ("role_arn must be a string, not an expression (HCL expressions are not evaluated)",),
+            id="condition as a value",
+        ),
+        pytest.param(REGION + 'region = "us-east-2"', ("region is given twice",), id="key given twice"),
+        pytest.param(
+            REGION + "deletion_window_days = 7\n" * 3,
+            ("deletion_window_days is given 3 times",),
+            id="key given three times",
+        ),
+        pytest.param(
+            '{"region": "us-east-1", "region": "us-east-1"}', ("region is given twice",), id="JSON key twice"
+        ),
+        pytest.param(
+            '{"region": "us-east-1", "key_tags": {"a": "1", "a": "2"}}',
+            ('key_tags "a" is given twice',),
+            id="JSON tag twice",
+        ),
+        pytest.param(
+            '{"region": ' + "[" * 17 + "]" * 17 + "}",
+            ("region: the value is nested more than 16 levels deep",),
+            id="deep nesting",
+        ),
+        pytest.param(
+            '{"region": ' + "[" * 20_000 + "]" * 20_000 + "}",
+            ("the configuration is not valid HCL: it is nested too deeply",),
+            id="nesting beyond the JSON parser",
+        ),
+        pytest.param(
+            'region = "' + "x" * 100 + '"',
+            (
+                f'region "{"x" * 64}..." (100 characters) is invalid: expected a region name such as '
+                "us-east-1",
+            ),
+            id="long values are quoted cut",
+        ),
+        pytest.param(
+            'region = "a\\"b\nc"',
+            ('region "a\\"b\\nc" is invalid: expected a region name such as us-east-1',),
+            id="quoted values are escaped onto one line",
+        ),
+    ],
+)
+def test_how_the_text_is_written(hcl_text: str, problems: tuple[str, ...]) -> None:
+    found = problems_of(hcl_text)
+    assert found == problems
+    for problem in found:
+        problem.encode("utf-8")
+
+
+def test_an_oversized_configuration_is_refused_in_bytes_not_characters() -> None:
+    text = REGION + "# " + "é" * 40_000  # 40,023 characters, 80,023 bytes
+    assert problems_of(text) == (
+        "the configuration is too large: 80023 bytes, at most 65536 (64 KiB) are accepted",
+    )
+
+
+def test_a_huge_configuration_is_refused_at_once() -> None:
+    started = time.monotonic()
+    assert problems_of("region = [" + "1," * 2_000_000 + "]") == (
+        "the configuration is too large: 4000011 bytes, at most 65536 (64 KiB) are accepted",
+    )
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_configuration_at_the_size_limit_is_parsed() -> None:
+    text = REGION + "#" + "x" * (64 * 1024 - len(REGION) - 1)
+    assert len(text.encode()) == 64 * 1024
+    assert parse_config(text, TD) == expected()
+    assert problems_of(text + "x") == (
+        "the configuration is too large: 65537 bytes, at most 65536 (64 KiB) are accepted",
+    )
