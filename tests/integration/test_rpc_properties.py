@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
+from tests.integration.conftest import COMMUNITY_CONFIG
 from tests.support.kms_emulator import EmulatorControl
 from tests.support.plugin_host import PluginProcess
 
@@ -193,3 +194,19 @@ def test_get_public_key_answers_every_id(
         assert result.public_key == published[key_id]
     else:
         assert not result.HasField("public_key")
+
+
+@settings(max_examples=100)
+@given(text=st.one_of(st.text(max_size=2000), st.sampled_from([COMMUNITY_CONFIG, '{"region": "\\ud800"}'])))
+def test_configuration_text_is_answered_deliberately(plugin: PluginProcess, text: str) -> None:
+    # Through the real wire: a note or message protobuf cannot encode would fail here, not in-process.
+    code, result = answer(lambda: plugin.validate(text))
+    assert code is grpc.StatusCode.OK
+    assert result.valid == (not result.notes)
+    # A configuration that parses may name a region or endpoint that does not answer: UNAVAILABLE, or the
+    # caller's deadline, are deliberate answers too.
+    code, result = answer(lambda: plugin.configure(text, timeout=3))
+    allowed = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
+    assert code in (*allowed, grpc.StatusCode.DEADLINE_EXCEEDED), f"{code.name}: {result}"
+    answer(lambda: plugin.configure(COMMUNITY_CONFIG))
+    assert answer(plugin.get_public_keys)[0] is grpc.StatusCode.OK

@@ -29,6 +29,8 @@ def _raw_call(plugin: PluginProcess, method: str, data: bytes) -> grpc.RpcError:
 def test_undecodable_requests_are_invalid_argument_logged_once_and_the_plugin_serves_on(
     plugin: PluginProcess,
 ) -> None:
+    # The fixture's Configure logs as it ends: count from after its last line.
+    plugin.wait_for_log("Configured")
     before = len(plugin.raw_stderr())
 
     sign = _raw_call(plugin, SIGN_DATA, b"\xff\xff\xff")
