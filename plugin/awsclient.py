@@ -196,6 +196,18 @@ def excerpt(body: bytes | str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+# What any failure's message may add to an error SPIRE logs and shows its callers. AWS's own messages
+# are a sentence; anything longer is a body that only looks like an error (a proxy's JSON, an SDK's
+# dump of the request) and is cut short.
+MAX_MESSAGE_CHARS = 240
+
+
+def bounded(message: str) -> str:
+    """`message` on one line, cut at MAX_MESSAGE_CHARS."""
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
 def _is_json(body: Any) -> bool:
     # botocore's JSON parser turns a body that is not JSON into {"message": body} and carries on, so a
     # proxy's HTML page would pass for an answer with every field missing. JSON of the wrong shape (an
@@ -309,7 +321,7 @@ class _Policy:
             if transport_code is None:
                 return None
             code = transport_code
-            message = str(caught_exception)
+            message = bounded(str(caught_exception))
             self._breaker.failure(f"{code}: {message}")
             if self._breaker.is_open:
                 return None
@@ -317,7 +329,7 @@ class _Policy:
             error = (parsed or {}).get("Error", {})
             # The code `translate` gives the same answer when it is the last one.
             code = str(error.get("Code") or http.status_code)
-            message = str(error.get("Message") or "")
+            message = bounded(str(error.get("Message") or ""))
         else:
             return None
         # An answer that is not an AWS answer is worth another attempt whatever its status (a proxy
@@ -465,7 +477,7 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         if err.operation_name and err.operation_name != operation:
             # A credential step failed on the way (STS AssumeRole): say so rather than blame KMS.
             operation = f"{operation} (STS {err.operation_name})"
-        raise KmsError(operation, code or "Unknown", str(error.get("Message", ""))) from None
+        raise KmsError(operation, code or "Unknown", bounded(str(error.get("Message", "")))) from None
     except botocore.exceptions.NoCredentialsError:
         raise KmsError(
             operation, "NoCredentials", "no AWS credentials were found in the configuration or environment"
@@ -478,4 +490,4 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         raise KmsError(operation, UNPARSEABLE, message) from None
     except botocore.exceptions.BotoCoreError as err:
         code = _transport_code(err) or type(err).__name__
-        raise KmsError(operation, code, str(err)) from None
+        raise KmsError(operation, code, bounded(str(err))) from None

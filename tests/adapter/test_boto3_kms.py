@@ -170,6 +170,17 @@ def test_answers_that_are_not_aws_answers_are_retried(
     assert emulator.calls()["Sign"] == 3
 
 
+def test_an_error_message_of_any_length_is_cut_short(emulator: EmulatorControl) -> None:
+    # A proxy's JSON can pass for an AWS error whose message is a whole page.
+    kms = adapter(emulator.url)
+    arn = new_key(kms)
+    emulator.add_fault("Sign", error="AccessDeniedException", status=400, message="denied\n" * 2000)
+    with deadline.scope(3.0), pytest.raises(KmsError) as failed:
+        sign(kms, arn)
+    assert failed.value.code == "AccessDeniedException"
+    assert failed.value.message == "denied " * 34 + "d…", "240 characters on one line"
+
+
 def test_permanent_errors_are_not_retried(emulator: EmulatorControl) -> None:
     kms = adapter(emulator.url)
     arn = new_key(kms)
