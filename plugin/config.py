@@ -48,11 +48,6 @@ MAX_CONFIG_DEPTH = 16
 # Values and keys quoted back in problems are cut to this many characters (paths to PATH_QUOTE_LIMIT).
 QUOTE_LIMIT = 64
 PATH_QUOTE_LIMIT = 256
-# Configure's refusal travels as a gRPC status message, a header, and clients and proxies cap headers
-# (grpc's C core at 8 KiB soft, 16 KiB hard: past that its client sees RESOURCE_EXHAUSTED and none of the
-# problems). Past this many characters the message says how many problems it leaves out; Validate's notes
-# carry every one.
-MAX_MESSAGE_CHARS = 1024
 # A server id is a UUID; a hand-edited file may add a newline or spaces, not kilobytes.
 MAX_SERVER_ID_FILE_BYTES = 1024
 RESERVED_TAG_PREFIX_PLUGIN = "spire-"
@@ -146,23 +141,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)
-        super().__init__(_summary(self.problems))
-
-
-def _summary(problems: tuple[str, ...]) -> str:
-    """The problems joined with "; ", those past MAX_MESSAGE_CHARS counted instead (the first is always
-    given whole)."""
-    shown = problems[:1]
-    length = len(shown[0]) if shown else 0
-    for problem in problems[1:]:
-        length += 2 + len(problem)
-        if length > MAX_MESSAGE_CHARS:
-            break
-        shown += (problem,)
-    left_out = len(problems) - len(shown)
-    if not left_out:
-        return "; ".join(shown)
-    return "; ".join(shown) + f"; and {left_out} more (spire-server validate lists every problem)"
+        super().__init__("; ".join(self.problems))
 
 
 def parse_config(hcl_text: str, trust_domain: str) -> Config:
@@ -581,7 +560,7 @@ def _naming(
         key_prefix = _string(data, "key_prefix", problems) if "key_prefix" in data else DEFAULT_KEY_PREFIX
         if key_prefix is None or _blank(key_prefix, "key_prefix", problems):
             return None, None
-        problems.extend(_alias_problems(CommunityScheme(key_prefix), "key_prefix"))
+        problems.extend(alias_problems(CommunityScheme(key_prefix), "key_prefix"))
         return key_prefix, None
 
     _string(data, "key_prefix", problems)
@@ -598,36 +577,14 @@ def _naming(
         if key == "key_identifier_value":
             server_id = ServerIdValue(value)
             if trust_domain_ok:
-                problems.extend(_alias_problems(BuiltinScheme(trust_domain, value), key))
+                problems.extend(alias_problems(BuiltinScheme(trust_domain, value), key))
         else:
             server_id = ServerIdFile(value, key)
             if trust_domain_ok:
                 problems.extend(
-                    _alias_problems(BuiltinScheme(trust_domain, _SERVER_ID_STAND_IN), "trust_domain")
+                    alias_problems(BuiltinScheme(trust_domain, _SERVER_ID_STAND_IN), "trust_domain")
                 )
     return None, server_id
-
-
-def _alias_problems(scheme: BuiltinScheme | CommunityScheme, setting: str) -> list[str]:
-    """naming's alias problems, the value each quotes escaped onto one line and cut like every other
-    value a problem quotes: naming quotes it verbatim, and a key prefix or trust domain can hold a newline
-    or kilobytes."""
-    echoes: dict[str, str] = {}
-    if isinstance(scheme, BuiltinScheme):
-        echoes["trust_domain"] = scheme.trust_domain
-        if setting != "trust_domain":
-            echoes[setting] = scheme.server_id
-    else:
-        echoes[setting] = scheme.key_prefix
-    requoted: list[str] = []
-    for problem in alias_problems(scheme, setting):
-        for name, value in echoes.items():
-            verbatim = f'{name} "{value}" '
-            if problem.startswith(verbatim):
-                problem = f"{name} {_quoted(value)} {problem[len(verbatim) :]}"
-                break
-        requoted.append(problem)
-    return requoted
 
 
 def _key_tags(given: list[object], problems: list[str]) -> dict[str, str]:
