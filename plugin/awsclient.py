@@ -28,6 +28,7 @@ import botocore.session
 from botocore.retries import standard
 
 from plugin import deadline
+from plugin.errors import one_line
 from plugin.kmsapi import UNPARSEABLE, KmsError
 from plugin.log import get_logger
 
@@ -190,10 +191,7 @@ def excerpt(body: bytes | str) -> str:
     """A short, printable quotation of what came back: enough to recognise a proxy's page, never all of
     it (it could be large, or carry what it should not)."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(text.split())
-    if len(text) > EXCERPT_CHARS:
-        text = text[: EXCERPT_CHARS - 1] + "…"
-    return json.dumps(text, ensure_ascii=False)
+    return json.dumps(one_line(text, EXCERPT_CHARS), ensure_ascii=False)
 
 
 # What any failure's message may add to an error SPIRE logs and shows its callers. AWS's own messages
@@ -204,8 +202,7 @@ MAX_MESSAGE_CHARS = 240
 
 def bounded(message: str) -> str:
     """`message` on one line, cut at MAX_MESSAGE_CHARS."""
-    text = " ".join(message.split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return one_line(message, MAX_MESSAGE_CHARS)
 
 
 def _is_json(body: Any) -> bool:

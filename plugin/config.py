@@ -23,6 +23,7 @@ from typing import Any
 
 from hcl.parser import HclParser  # type: ignore[import-untyped]
 
+from plugin.errors import escaped, quoted
 from plugin.naming import (
     DEFAULT_KEY_PREFIX,
     SPIRE_TAGS,
@@ -45,8 +46,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 # key_tags is the deepest documented setting (a block of strings); anything nested far deeper is a mistake,
 # and a bound keeps the walk over the parsed text shallow.
 MAX_CONFIG_DEPTH = 16
-# Values and keys quoted back in problems are cut to this many characters (paths to PATH_QUOTE_LIMIT).
-QUOTE_LIMIT = 64
+# Values and keys quoted back in problems are cut as errors.quoted cuts them; paths to this many characters.
 PATH_QUOTE_LIMIT = 256
 # A server id is a UUID; a hand-edited file may add a newline or spaces, not kilobytes.
 MAX_SERVER_ID_FILE_BYTES = 1024
@@ -152,7 +152,7 @@ def parse_config(hcl_text: str, trust_domain: str) -> Config:
     if "region" not in data:
         problems.append("region is required")
     elif region is not None and not _blank(region, "region", problems) and not _REGION.fullmatch(region):
-        problems.append(f"region {_quoted(region)} is invalid: expected a region name such as us-east-1")
+        problems.append(f"region {quoted(region)} is invalid: expected a region name such as us-east-1")
 
     credentials = _credentials(data, problems)
     key_prefix, server_id = _naming(data, trust_domain, problems)
@@ -382,7 +382,7 @@ def _parse_hcl(text: str) -> tuple[dict[str, Any], list[str]]:
         raise ConfigError([f"{_NOT_HCL}: it is nested too deeply"]) from None
     except ValueError as err:
         # JSONDecodeError is a ValueError, and so are pyhcl's syntax errors.
-        detail = _escaped(_ECHOED_CHARACTER.sub("", str(err)))[:512]
+        detail = escaped(_ECHOED_CHARACTER.sub("", str(err)))[:512]
         raise ConfigError([f"{_NOT_HCL}: {detail}"]) from None
     except Exception as err:
         # Other failures inside pyhcl may quote input (a secret, perhaps): name the failure only.
@@ -402,12 +402,12 @@ def _settings(parsed: _Pairs) -> tuple[dict[str, Any], list[str]]:
     counts: dict[str, int] = {}
     for key, value in parsed.pairs:
         if isinstance(key, _Expression):
-            problems.append(f"{_NOT_HCL}: {_quoted(key.text)} is an expression, not a key")
+            problems.append(f"{_NOT_HCL}: {quoted(key.text)} is an expression, not a key")
             continue
         key = str(key)
         if _SURROGATE.search(key):
             unreadable.append(
-                f"the configuration key {_quoted(key)} is not valid UTF-8 text (unpaired surrogate)"
+                f"the configuration key {quoted(key)} is not valid UTF-8 text (unpaired surrogate)"
             )
             continue
         reason = _unreadable(value, 1)
@@ -475,31 +475,14 @@ def _plain(value: object) -> object:
     return value
 
 
-def _escaped(text: str) -> str:
-    return "".join(
-        char
-        if char.isprintable() and char not in '"\\'
-        else ("\\" + char if char in '"\\' else repr(char)[1:-1])
-        for char in text
-    )
-
-
-def _quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
-    """`value` in double quotes for a problem, escaped (a problem is one line of UTF-8 text whatever was
-    given) and cut to `limit` characters with its length."""
-    if len(value) <= limit:
-        return f'"{_escaped(value)}"'
-    return f'"{_escaped(value[:limit])}..." ({len(value)} characters)'
-
-
 def _path(path: str) -> str:
-    return _quoted(path, PATH_QUOTE_LIMIT)
+    return quoted(path, PATH_QUOTE_LIMIT)
 
 
 def _unknown_key(key: str) -> str:
     guess = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
     hint = f' (did you mean "{guess[0]}"?)' if guess else ""
-    return f"unknown configuration key {_quoted(key)}{hint}"
+    return f"unknown configuration key {quoted(key)}{hint}"
 
 
 def _string(data: Mapping[str, Any], key: str, problems: list[str]) -> str | None:
@@ -605,7 +588,7 @@ def _key_tags(given: list[object], problems: list[str]) -> dict[str, str]:
     for key, value in pairs:
         if isinstance(key, _Expression):
             problems.append(
-                f"key_tags key {_quoted(key.text)} is invalid: tag keys are names or quoted strings, "
+                f"key_tags key {quoted(key.text)} is invalid: tag keys are names or quoted strings, "
                 "not expressions"
             )
             continue
@@ -619,7 +602,7 @@ def _key_tags(given: list[object], problems: list[str]) -> dict[str, str]:
         else:
             tags[key] = str(value)
     problems.extend(
-        f"key_tags {_quoted(key)} is given {_times(count)}" for key, count in counts.items() if count > 1
+        f"key_tags {quoted(key)} is given {_times(count)}" for key, count in counts.items() if count > 1
     )
     if len(counts) > MAX_TAGS:
         problems.append(f"key_tags has {len(counts)} tags: KMS allows at most {MAX_TAGS} tags per key")
@@ -630,29 +613,29 @@ def _tag_problems(key: str, value: object) -> list[str]:
     problems: list[str] = []
     if not 1 <= len(key) <= MAX_TAG_KEY_LENGTH:
         problems.append(
-            f"key_tags key {_quoted(key)} is invalid: tag keys must be 1 to {MAX_TAG_KEY_LENGTH} "
+            f"key_tags key {quoted(key)} is invalid: tag keys must be 1 to {MAX_TAG_KEY_LENGTH} "
             "characters long"
         )
     if not _tag_text_ok(key):
-        problems.append(f"key_tags key {_quoted(key)} is invalid: tag keys may only contain {_TAG_CHARSET}")
+        problems.append(f"key_tags key {quoted(key)} is invalid: tag keys may only contain {_TAG_CHARSET}")
     if key.lower().startswith("aws:"):
-        problems.append(f"key_tags key {_quoted(key)} is reserved: tag keys starting with aws: belong to AWS")
+        problems.append(f"key_tags key {quoted(key)} is reserved: tag keys starting with aws: belong to AWS")
     if key.startswith(RESERVED_TAG_PREFIX_PLUGIN):
         problems.append(
-            f"key_tags key {_quoted(key)} is reserved: tag keys starting with {RESERVED_TAG_PREFIX_PLUGIN} "
+            f"key_tags key {quoted(key)} is reserved: tag keys starting with {RESERVED_TAG_PREFIX_PLUGIN} "
             "belong to this plugin"
         )
     if not isinstance(value, str):
-        problems.append(f"key_tags {_quoted(key)} must be a string, not {_kind(value)}")
+        problems.append(f"key_tags {quoted(key)} must be a string, not {_kind(value)}")
         return problems
     if len(value) > MAX_TAG_VALUE_LENGTH:
         problems.append(
-            f"key_tags {_quoted(key)} has an invalid value: tag values may be at most {MAX_TAG_VALUE_LENGTH} "
+            f"key_tags {quoted(key)} has an invalid value: tag values may be at most {MAX_TAG_VALUE_LENGTH} "
             f"characters, not {len(value)}"
         )
     if not _tag_text_ok(value):
         problems.append(
-            f"key_tags {_quoted(key)} has an invalid value: tag values may only contain {_TAG_CHARSET}"
+            f"key_tags {quoted(key)} has an invalid value: tag values may only contain {_TAG_CHARSET}"
         )
     return problems
 
@@ -713,7 +696,7 @@ def _assume_role(data: Mapping[str, Any], problems: list[str]) -> AssumeRole | N
         return None
     if not _ROLE_ARN.fullmatch(role_arn):
         problems.append(
-            f"role_arn {_quoted(role_arn)} is invalid: expected "
+            f"role_arn {quoted(role_arn)} is invalid: expected "
             "arn:<partition>:iam::<12-digit account>:role/<name>"
         )
     if external_id is not None and not _EXTERNAL_ID.fullmatch(external_id):
@@ -721,7 +704,7 @@ def _assume_role(data: Mapping[str, Any], problems: list[str]) -> AssumeRole | N
         problems.append("role_external_id is invalid: it must be 2 to 1224 of a-z A-Z 0-9 + = , . @ : / - _")
     if session_name is not None and not _SESSION_NAME.fullmatch(session_name):
         problems.append(
-            f"role_session_name {_quoted(session_name)} is invalid: it must be 2 to 64 of "
+            f"role_session_name {quoted(session_name)} is invalid: it must be 2 to 64 of "
             "a-z A-Z 0-9 + = , . @ - _"
         )
     return AssumeRole(
@@ -737,7 +720,7 @@ def _endpoint(data: Mapping[str, Any], problems: list[str]) -> tuple[str | None,
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.query or parsed.fragment:
             problems.append(
-                f"endpoint {_quoted(endpoint)} is invalid: expected a URL such as "
+                f"endpoint {quoted(endpoint)} is invalid: expected a URL such as "
                 "https://vpce-0123-abcd.kms.us-east-1.vpce.amazonaws.com"
             )
     use_fips = data.get("use_fips_endpoint", False)

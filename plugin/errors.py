@@ -9,11 +9,29 @@ import enum
 QUOTE_LIMIT = 64
 
 
+def escaped(text: str) -> str:
+    """`text` with quotes, backslashes and unprintable characters (newlines, surrogates) escaped: one
+    line of UTF-8 whatever was given."""
+    return "".join(
+        char
+        if char.isprintable() and char not in '"\\'
+        else ("\\" + char if char in '"\\' else repr(char)[1:-1])
+        for char in text
+    )
+
+
 def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
-    """`value` in double quotes for an error or log line, cut to `limit` characters with its length."""
+    """`value` in double quotes for an error or log line, escaped and cut to `limit` characters with its
+    length."""
     if len(value) <= limit:
-        return f'"{value}"'
-    return f'"{value[:limit]}..." ({len(value)} characters)'
+        return f'"{escaped(value)}"'
+    return f'"{escaped(value[:limit])}..." ({len(value)} characters)'
+
+
+def one_line(text: str, limit: int) -> str:
+    """Someone else's text (an AWS message, a decoder's complaint) on one line, cut at `limit`."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ErrorKind(enum.Enum):

@@ -44,6 +44,11 @@ class ManagedKey:
     pkix_der: bytes
     fingerprint: str
 
+    @classmethod
+    def of(cls, key_id: str, key_type: KeyType, key_arn: str, alias: str, pkix_der: bytes) -> ManagedKey:
+        """The key as KMS describes it, with the fingerprint SPIRE will remember it by."""
+        return cls(key_id, key_type, key_arn, alias, pkix_der, fingerprint(pkix_der))
+
 
 @dataclass(frozen=True)
 class KeySettings:
@@ -157,14 +162,7 @@ def _load_alias(
         if last_try or err.code != "KMSInvalidStateException":
             raise
         raise _RotatedMeanwhile from None
-    return ManagedKey(
-        key_id=key_id,
-        key_type=key_type,
-        key_arn=description.arn,
-        alias=alias_name,
-        pkix_der=public_key.der,
-        fingerprint=fingerprint(public_key.der),
-    )
+    return ManagedKey.of(key_id, key_type, description.arn, alias_name, public_key.der)
 
 
 def _load_by_tag(
@@ -226,9 +224,7 @@ def _load_by_tag(
             assert key_type is not None  # filtered above
             public_key = kms.get_public_key(newest.arn)
             alias = scheme.alias_for(key_id)
-            keys[key_id] = ManagedKey(
-                key_id, key_type, newest.arn, alias, public_key.der, fingerprint(public_key.der)
-            )
+            keys[key_id] = ManagedKey.of(key_id, key_type, newest.arn, alias, public_key.der)
             # The heartbeat, which runs right after start-up, gives it its alias back.
             log.warn("Key found by tag has no alias", key_id=key_id, key_arn=newest.arn, alias=alias)
     except KmsError as err:
@@ -391,14 +387,7 @@ class KeyManager:
                 if isinstance(err, KmsError):
                     raise plugin_error(err, f'make new key {created.arn} the key for "{key_id}"') from None
                 raise
-            key = ManagedKey(
-                key_id=key_id,
-                key_type=key_type,
-                key_arn=created.arn,
-                alias=alias,
-                pkix_der=public_key.der,
-                fingerprint=fingerprint(public_key.der),
-            )
+            key = ManagedKey.of(key_id, key_type, created.arn, alias, public_key.der)
             self._commit(state, key)
         if replaced_arn and replaced_arn != created.arn:
             self._deletions.enqueue(

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from plugin.errors import one_line
 from plugin.log import get_logger
 
 # How much of the decoder's complaint reaches the caller and the log.
@@ -40,7 +41,7 @@ def _message_name(deserializer: Callable[[bytes], Any]) -> str:
 def _reason(error: Exception) -> str:
     # protobuf says "Error parsing message with type '<full name>': <what>"; the name is said already.
     text = " ".join(str(error).split()).rpartition(": ")[2] or type(error).__name__
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+    return one_line(text, MAX_REASON_CHARS)
 
 
 def _tolerant_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
