@@ -21,11 +21,12 @@ def escaped(text: str) -> str:
 
 
 def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
-    """`value` in double quotes for an error or log line, escaped and cut to `limit` characters with its
-    length."""
-    if len(value) <= limit:
-        return f'"{escaped(value)}"'
-    return f'"{escaped(value[:limit])}..." ({len(value)} characters)'
+    """`value` in double quotes for an error or log line, escaped, and cut to `limit` characters of its
+    escaped form (an escape is up to ten) with the length of what was given."""
+    text = escaped(value[:limit])
+    if len(value) <= limit and len(text) <= limit:
+        return f'"{text}"'
+    return f'"{text[:limit]}..." ({len(value)} characters)'
 
 
 def one_line(text: str, limit: int) -> str:

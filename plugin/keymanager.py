@@ -29,6 +29,8 @@ from plugin.naming import TAG_KEY_ID, AliasScheme, BuiltinScheme, key_id_of, key
 log = get_logger("keymanager")
 
 ENABLED = "Enabled"
+# How often start-up reads an alias that keeps moving to a new key while it reads (rotations in a row).
+ALIAS_READS = 3
 
 
 def fingerprint(pkix_der: bytes) -> str:
@@ -115,12 +117,16 @@ def _load_by_alias(kms: Kms, scheme: AliasScheme) -> dict[str, ManagedKey]:
             key_id = scheme.key_id_for(alias.name)
             if key_id is None or not alias.target_key_id:
                 continue
-            try:
-                key = _load_alias(kms, key_id, alias.name, alias.target_key_id)
-            except _RotatedMeanwhile:
-                # A rotation (ours or another replica's) retired the key since ListAliases: what the
-                # alias points at now decides, and only a key that is unusable now stops the start-up.
-                key = _load_alias(kms, key_id, alias.name, alias.name, last_try=True)
+            key: ManagedKey | None = None
+            target = alias.target_key_id
+            for attempt in range(1, ALIAS_READS + 1):
+                try:
+                    key = _load_alias(kms, key_id, alias.name, target, last_try=attempt == ALIAS_READS)
+                    break
+                except _RotatedMeanwhile:
+                    # A rotation (ours or another replica's) retired the key since it was read: what
+                    # the alias points at now decides, and only a key unusable now stops the start-up.
+                    target = alias.name
             if key is not None:
                 keys[key_id] = key
                 log.debug("Key loaded", key_id=key_id, key_arn=key.key_arn, alias=alias.name)
