@@ -48,6 +48,11 @@ MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_DEPTH = 16
 # Values and keys quoted back in problems are cut as errors.quoted cuts them; paths to this many characters.
 PATH_QUOTE_LIMIT = 256
+# Configure's refusal travels as a gRPC status message, a header, and clients and proxies cap headers
+# (grpc's C core at 8 KiB soft, 16 KiB hard: past that its client sees RESOURCE_EXHAUSTED and none of the
+# problems). Past this many characters the message counts the problems it leaves out; Validate's notes
+# carry every one.
+MAX_MESSAGE_CHARS = 1024
 # A server id is a UUID; a hand-edited file may add a newline or spaces, not kilobytes.
 MAX_SERVER_ID_FILE_BYTES = 1024
 RESERVED_TAG_PREFIX_PLUGIN = "spire-"
@@ -137,11 +142,31 @@ class Config:
 
 
 class ConfigError(Exception):
-    """Every problem found, each a sentence naming the configuration key responsible."""
+    """Every problem found, each a sentence naming the configuration key responsible. Its message (what
+    Configure answers) is summary(problems); `problems` (what Validate answers) holds them all."""
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)
-        super().__init__("; ".join(self.problems))
+        super().__init__(summary(self.problems))
+
+
+def summary(problems: Iterable[str], limit: int = MAX_MESSAGE_CHARS) -> str:
+    """The problems joined with "; " up to `limit` characters, those past it counted instead. The first
+    is always given whole: every problem is a line of a few hundred characters at most (its quotes are
+    bounded), and a refusal must say at least one thing that is wrong."""
+    given = tuple(problems)
+    shown = list(given[:1])
+    length = len(shown[0]) if shown else 0
+    for problem in given[1:]:
+        length += 2 + len(problem)
+        if length > limit:
+            break
+        shown.append(problem)
+    left_out = len(given) - len(shown)
+    if not left_out:
+        return "; ".join(shown)
+    more = "1 more problem" if left_out == 1 else f"{left_out} more problems"
+    return f"{'; '.join(shown)}; and {more} (spire-server validate lists every one)"
 
 
 def parse_config(hcl_text: str, trust_domain: str) -> Config:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from plugin.errors import quoted
+
 ALIAS_NAME_PREFIX = "alias/"
 RESERVED_ALIAS_PREFIX = "alias/aws/"
 MAX_ALIAS_LENGTH = 256
@@ -201,10 +203,11 @@ def key_id_of(key: str) -> str:
 def alias_problems(scheme: AliasScheme, setting: str) -> list[str]:
     """Why some alias the scheme can produce for SPIRE's fixed key ids would be refused by KMS.
 
-    Each problem names ``setting`` (the configuration key responsible) and quotes its value: the key
-    prefix of a CommunityScheme; for a BuiltinScheme, the server id, or the trust domain when
-    ``setting`` is "trust_domain". Characters a trust domain contributes are always blamed on
-    "trust_domain", since no plugin setting can fix them.
+    Each problem names ``setting`` (the configuration key responsible) and quotes its value, escaped
+    onto one line and cut as errors.quoted cuts every quoted input (a key prefix or trust domain can
+    hold a newline or kilobytes): the key prefix of a CommunityScheme; for a BuiltinScheme, the server
+    id, or the trust domain when ``setting`` is "trust_domain". Characters a trust domain contributes
+    are always blamed on "trust_domain", since no plugin setting can fix them.
     """
     problems: list[str] = []
     if isinstance(scheme, BuiltinScheme):
@@ -235,4 +238,4 @@ def alias_problems(scheme: AliasScheme, setting: str) -> list[str]:
 
 
 def _invalid(setting: str, value: str, rule: str) -> str:
-    return f'{setting} "{value}" is invalid: {rule}'
+    return f"{setting} {quoted(value)} is invalid: {rule}"

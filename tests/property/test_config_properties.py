@@ -11,6 +11,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,13 +33,17 @@ from plugin.config import (
 from plugin.keymanager import KeyManager
 from plugin.lifecycle import DeletionQueue
 from plugin.service import ConfigService
-from proto_gen.spire.config import config_pb2
+from proto_gen.spire.config import config_pb2, config_pb2_grpc
 from tests.support.fake_kms import FakeKms
 
 TD = "example.org"
 LIMIT = 64 * 1024
 # Per call, on a loaded CI runner; the largest accepted text parses in about 0.3 s.
 TIME_BOUND = 2.0
+# A problem quotes at most two paths of 256 characters, or 512 of a parser's detail: a line, not a page.
+PROBLEM_CHARS = 700
+# Configure's message is a gRPC header: its problems up to 1024 characters (the first whole), then a count.
+MESSAGE_CHARS = 1100
 T = TypeVar("T")
 
 # A problem names a documented key (trust_domain is SPIRE's, in the same request), or says the text
@@ -63,12 +68,13 @@ def timed(call: Callable[[], T]) -> T:
         assert elapsed < TIME_BOUND, f"took {elapsed:.2f} s"
 
 
-def assert_named(problems: tuple[str, ...] | list[str]) -> None:
+def assert_named(problems: tuple[str, ...] | list[str], limit: int = PROBLEM_CHARS) -> None:
     assert problems, "a refusal says why"
     for problem in problems:
         problem.encode("utf-8")  # what protobuf does with a Validate note
         assert not _SURROGATE.search(problem)
         assert "\n" not in problem
+        assert len(problem) <= limit, problem
         assert _NAMES_A_KEY.match(problem), problem
 
 
@@ -226,6 +232,24 @@ def test_every_documented_key_with_a_wrong_type_is_refused_by_name(
     problems = parse(render(pairs, as_json))
     assert isinstance(problems, tuple)
     assert any(problem.startswith(key) for problem in problems), problems
+
+
+# Any text, of any length, with the characters that break a line or a quote.
+_ANY_STRING = st.one_of(
+    st.text(max_size=40),
+    st.text(st.sampled_from('a/_-.\n\t"\\ é値😀\x00\x7f'), max_size=40),
+    st.integers(65, 600).map(lambda n: "p" * n),
+    _WITH_SURROGATES,
+)
+
+
+@given(valid_settings(), st.sampled_from(_STRING_KEYS), _ANY_STRING, st.text(max_size=300))
+def test_any_text_in_a_documented_string_key_is_quoted_on_one_bounded_line(
+    pairs: list[tuple[str, object]], key: str, value: str, trust_domain: str
+) -> None:
+    # JSON carries every character (HCL strings cannot end in a backslash), surrogates as escapes.
+    pairs = [(k, v) for k, v in pairs if k != key] + [(key, value)]
+    parse(render(pairs, as_json=True), trust_domain)
 
 
 @given(valid_settings(), st.data(), st.booleans())
@@ -417,7 +441,7 @@ _TEXTS = st.one_of(
 
 
 @settings(max_examples=150)
-@given(_TEXTS, st.sampled_from([TD, "", "a" * 300]))
+@given(_TEXTS, st.one_of(st.sampled_from([TD, "", "a" * 300, "example\n.org"]), st.text(max_size=300)))
 @example('{"region": "\\ud800"}', TD)
 @example('a + 1 = "x"', TD)
 def test_validate_and_configure_answer_deliberately(
@@ -439,6 +463,48 @@ def test_validate_and_configure_answer_deliberately(
     except Aborted as aborted:
         assert aborted.code is grpc.StatusCode.INVALID_ARGUMENT, aborted
         # The problems joined with "; ", which a parser's detail may hold too: the first names its key.
-        assert_named([aborted.details])
+        assert_named([aborted.details], MESSAGE_CHARS)
     else:
         assert validated.valid, validated.notes
+
+
+# --- through a gRPC channel, in process ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[config_pb2_grpc.ConfigStub]:
+    keys = KeyManager(DeletionQueue())
+    kms = FakeKms()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(keys, lambda config: kms), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield config_pb2_grpc.ConfigStub(channel)
+    finally:
+        server.stop(None)
+        keys.stop()
+
+
+@settings(max_examples=25)
+# Names distinct within the 64 characters a problem quotes; non-ASCII goes over the wire percent-encoded.
+@given(st.integers(0, 3000), st.sampled_from(["k", "é" * 40, "値" * 56]))
+def test_configure_refusals_of_any_length_reach_a_grpc_client(
+    stub: config_pb2_grpc.ConfigStub, count: int, name: str
+) -> None:
+    # Unknown keys, as many as fit the size limit: each is a problem, and the message is a header that
+    # grpc's clients refuse past 16 KiB (RESOURCE_EXHAUSTED, the problems lost).
+    text = json.dumps({"region": "us-east-1", **{f"{name}{i}": 1 for i in range(count)}}, ensure_ascii=False)
+    if len(text.encode()) > LIMIT:
+        text = text[: LIMIT // 4].rpartition(",")[0] + "}"
+    try:
+        timed(lambda: stub.Configure(config_pb2.ConfigureRequest(hcl_configuration=text), timeout=10))
+    except grpc.RpcError as err:
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err
+        assert_named([err.details()], MESSAGE_CHARS)
+        assert err.details().startswith("unknown configuration key"), err.details()
+    else:
+        assert count == 0
+    validated = timed(lambda: stub.Validate(config_pb2.ValidateRequest(hcl_configuration=text), timeout=10))
+    assert len(validated.notes) == len(json.loads(text)) - 1

@@ -27,6 +27,7 @@ from plugin.config import (
     naming_scheme,
     parse_config,
     read_key_policy,
+    summary,
 )
 from plugin.naming import BuiltinScheme, CommunityScheme
 
@@ -258,8 +259,8 @@ def test_config_is_frozen_hashable_and_its_tags_read_only() -> None:
         pytest.param(
             REGION + f'key_prefix = "{"p" * 239}"',
             (
-                f'key_prefix "{"p" * 239}" is invalid: alias names may be at most 256 characters, and the '
-                "alias for key JWT-Signer-A would have 257",
+                f'key_prefix "{"p" * 64}..." (239 characters) is invalid: alias names may be at most 256 '
+                "characters, and the alias for key JWT-Signer-A would have 257",
             ),
             id="key_prefix too long",
         ),
@@ -341,8 +342,8 @@ def test_config_is_frozen_hashable_and_its_tags_read_only() -> None:
         pytest.param(
             REGION + f'key_identifier_value = "{"s" * 213}"',
             (
-                f'key_identifier_value "{"s" * 213}" is invalid: alias names may be at most 256 characters, '
-                "and the alias for key JWT-Signer-A would have 257",
+                f'key_identifier_value "{"s" * 64}..." (213 characters) is invalid: alias names may be at '
+                "most 256 characters, and the alias for key JWT-Signer-A would have 257",
             ),
             id="server id too long",
         ),
@@ -532,8 +533,8 @@ def test_key_tags_follow_kms_rules(key_tags: str, problems: tuple[str, ...]) -> 
             REGION + 'key_identifier_file = "/f"',
             "t" * 188,
             (
-                f'trust_domain "{"t" * 188}" is invalid: alias names may be at most 256 characters, and the '
-                "alias for key JWT-Signer-A would have 257",
+                f'trust_domain "{"t" * 64}..." (188 characters) is invalid: alias names may be at most 256 '
+                "characters, and the alias for key JWT-Signer-A would have 257",
             ),
             id="trust domain too long for UUID server ids",
         ),
@@ -1126,3 +1127,69 @@ def test_a_configuration_at_the_size_limit_is_parsed() -> None:
     assert problems_of(text + "x") == (
         "the configuration is too large: 65537 bytes, at most 65536 (64 KiB) are accepted",
     )
+
+
+@pytest.mark.parametrize(
+    ("hcl_text", "trust_domain", "problems"),
+    [
+        pytest.param(
+            '{"region": "us-east-1", "key_prefix": "a\\nb\\"c"}',
+            TD,
+            (f'key_prefix "a\\nb\\"c" is invalid: {CHARSET}',),
+            id="key_prefix with a newline and a quote",
+        ),
+        pytest.param(
+            '{"region": "us-east-1", "key_identifier_value": "s\\t1"}',
+            TD,
+            (f'key_identifier_value "s\\t1" is invalid: {CHARSET}',),
+            id="server id with a tab",
+        ),
+        pytest.param(
+            REGION + 'key_prefix = "' + "é" * 300 + '"',
+            TD,
+            (
+                f'key_prefix "{"é" * 64}..." (300 characters) is invalid: alias names may only contain a-z, '
+                "A-Z, 0-9, /, _ and -",
+                f'key_prefix "{"é" * 64}..." (300 characters) is invalid: alias names may be at most 256 '
+                "characters, and the alias for key JWT-Signer-A would have 318",
+            ),
+            id="a long key_prefix is cut",
+        ),
+        pytest.param(
+            REGION + 'key_identifier_value = "s"',
+            "example\n.org",
+            (f'trust_domain "example\\n.org" is invalid: {CHARSET}',),
+            id="trust domain with a newline",
+        ),
+    ],
+)
+def test_alias_problems_quote_their_value_escaped_and_cut(
+    hcl_text: str, trust_domain: str, problems: tuple[str, ...]
+) -> None:
+    assert problems_of(hcl_text, trust_domain) == problems
+
+
+def test_the_message_of_many_problems_is_cut_and_counts_the_rest() -> None:
+    text = REGION + "".join(f"k{i} = 1\n" for i in range(100))
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, TD)
+    assert len(caught.value.problems) == 100
+    shown = "; ".join(f'unknown configuration key "k{i}"' for i in range(31))
+    assert str(caught.value) == shown + "; and 69 more problems (spire-server validate lists every one)"
+    assert len(shown) == 1011
+
+
+def test_a_long_first_problem_is_given_whole() -> None:
+    err = ConfigError(["x" * 2000, "second"])
+    assert str(err) == "x" * 2000 + "; and 1 more problem (spire-server validate lists every one)"
+
+
+def test_the_message_holds_problems_up_to_exactly_1024_characters() -> None:
+    # Two problems of 511 joined by "; ": 1024 characters, every one shown; one more character is counted.
+    problems = ["a" * 511, "b" * 511]
+    assert summary(problems) == "; ".join(problems)
+    assert (
+        summary([*problems[:1], "b" * 512])
+        == "a" * 511 + "; and 1 more problem (spire-server validate lists every one)"
+    )
+    assert summary([]) == ""

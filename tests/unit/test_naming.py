@@ -248,7 +248,8 @@ def test_alias_name_problem(alias: str, problem: str | None) -> None:
         ("my-org/spire_keys/", []),
         ("aws", []),  # only alias/aws/ is reserved
         ("a" * 238, []),  # alias/ + 238 + JWT-Signer-A = 256
-        ("a" * 239, [f'key_prefix "{"a" * 239}" is invalid: {length_rule(257)}']),
+        # Values are quoted as every input is: cut to 64 characters with their length, escaped.
+        ("a" * 239, [f'key_prefix "{"a" * 64}..." (239 characters) is invalid: {length_rule(257)}']),
         ("a.b/", [f'key_prefix "a.b/" is invalid: {CHARSET}']),
         ("a b/", [f'key_prefix "a b/" is invalid: {CHARSET}']),
         ("a:b/", [f'key_prefix "a:b/" is invalid: {CHARSET}']),
@@ -257,11 +258,12 @@ def test_alias_name_problem(alias: str, problem: str | None) -> None:
         (
             "aws/." + "a" * 240,
             [
-                f'key_prefix "aws/.{"a" * 240}" is invalid: {CHARSET}',
-                f'key_prefix "aws/.{"a" * 240}" is invalid: {RESERVED}',
-                f'key_prefix "aws/.{"a" * 240}" is invalid: {length_rule(263)}',
+                f'key_prefix "aws/.{"a" * 59}..." (245 characters) is invalid: {CHARSET}',
+                f'key_prefix "aws/.{"a" * 59}..." (245 characters) is invalid: {RESERVED}',
+                f'key_prefix "aws/.{"a" * 59}..." (245 characters) is invalid: {length_rule(263)}',
             ],
         ),
+        ('a\nb"c/', [f'key_prefix "a\\nb\\"c/" is invalid: {CHARSET}']),
     ],
 )
 def test_alias_problems_community(key_prefix: str, problems: list[str]) -> None:
@@ -279,7 +281,7 @@ def test_alias_problems_community(key_prefix: str, problems: list[str]) -> None:
             "t" * 100,
             "s" * 124,
             "key_identifier_value",
-            [f'key_identifier_value "{"s" * 124}" is invalid: {length_rule(257)}'],
+            [f'key_identifier_value "{"s" * 64}..." (124 characters) is invalid: {length_rule(257)}'],
         ),
         (
             "example.org",
@@ -302,8 +304,22 @@ def test_alias_problems_community(key_prefix: str, problems: list[str]) -> None:
         ),
         # With a UUID server id (key_identifier_file), only the trust domain can make aliases too long.
         ("t" * 187, UUID, "trust_domain", []),
-        ("t" * 188, UUID, "trust_domain", [f'trust_domain "{"t" * 188}" is invalid: {length_rule(257)}']),
+        (
+            "t" * 188,
+            UUID,
+            "trust_domain",
+            [f'trust_domain "{"t" * 64}..." (188 characters) is invalid: {length_rule(257)}'],
+        ),
         ("bad td", UUID, "trust_domain", [f'trust_domain "bad td" is invalid: {CHARSET}']),
+        (
+            "example\n.org",
+            "srv\t1",
+            "key_identifier_value",
+            [
+                f'trust_domain "example\\n.org" is invalid: {CHARSET}',
+                f'key_identifier_value "srv\\t1" is invalid: {CHARSET}',
+            ],
+        ),
     ],
 )
 def test_alias_problems_builtin(trust_domain: str, server_id: str, setting: str, problems: list[str]) -> None:
