@@ -29,23 +29,35 @@ import datetime
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from plugin.clock import SYSTEM_CLOCK, Clock
+from plugin.disposal import (
+    ORPHAN_AFTER,
+    STALE_AFTER,
+    BadStamp,
+    Disposal,
+    KeyFacts,
+    Rules,
+    Step,
+    alias_stale_since,
+    last_update,
+    orphan_step,
+    stale_step,
+    tag_stale_since,
+)
 from plugin.kmsapi import ALREADY_GONE, Alias, Kms, KmsError
 from plugin.log import get_logger
-from plugin.naming import TAG_ACTIVE, TAG_LAST_UPDATE, TAG_SERVER_ID, BuiltinScheme, key_id_of
+from plugin.naming import TAG_ACTIVE, TAG_SERVER_ID, BuiltinScheme, key_id_of
 
 log = get_logger("lifecycle")
 
 MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 
-ENABLED = "Enabled"
-PENDING_DELETION = "PendingDeletion"
 INVALID_STATE = "KMSInvalidStateException"
 
 
@@ -56,8 +68,8 @@ class Timings:
 
     heartbeat_every: datetime.timedelta = datetime.timedelta(hours=6)
     dispose_every: datetime.timedelta = datetime.timedelta(days=1)
-    stale_after: datetime.timedelta = datetime.timedelta(days=14)
-    orphan_after: datetime.timedelta = datetime.timedelta(hours=48)
+    stale_after: datetime.timedelta = STALE_AFTER
+    orphan_after: datetime.timedelta = ORPHAN_AFTER
     # A pass that met a failure runs again after this, doubling up to its period.
     first_retry: datetime.timedelta = datetime.timedelta(minutes=1)
 
@@ -322,64 +334,90 @@ class Housekeeper:
 
     # -- disposal ----------------------------------------------------------------------------------
 
+    def rules(self, ours: frozenset[str]) -> Rules:
+        """The disposal rules of this server, `ours` being the keys it uses now."""
+        return Rules(
+            self._scheme,
+            ours,
+            self._tag_discovery,
+            stale_after=self._timings.stale_after,
+            orphan_after=self._timings.orphan_after,
+        )
+
     def dispose(self) -> int:
         now = self._clock.now()
-        ours = {key_id_of(key.key_arn) for key in self._view.live_keys()}
+        rules = self.rules(frozenset(key_id_of(key.key_arn) for key in self._view.live_keys()))
         try:
             aliases = list(self._kms.list_aliases())
         except KmsError as err:
             log.warn("Disposal could not list aliases; will retry", error=str(err))
             return 1
         if self._tag_discovery:
-            done, failures = self._dispose_stale_tagged(now, ours, aliases)
+            done, failures = self._dispose_stale_tagged(now, rules, aliases)
         else:
-            done, failures = self._dispose_stale_aliases(now, ours, aliases)
-        failures += self._sweep_orphans(now, ours | done.keys, aliases, done.aliases)
+            done, failures = self._dispose_stale_aliases(now, rules, aliases)
+        failures += self._sweep_orphans(now, rules, rules.ours | done.keys, aliases, done.aliases)
         log.debug("Disposal done", keys=len(done.keys), aliases=len(done.aliases), failures=failures)
         return failures
 
     def _dispose_stale_aliases(
-        self, now: datetime.datetime, ours: set[str], aliases: list[Alias]
+        self, now: datetime.datetime, rules: Rules, aliases: list[Alias]
     ) -> tuple[_Disposed, int]:
         done = _Disposed()
         failures = 0
         by_target = _by_target(aliases)
+        # Described only when one of its aliases looks stale: most keys belong to live servers.
+        candidates: dict[str, list[Alias]] = {}
         for alias in aliases:
-            if self._stopped.is_set():
-                break
             if not self._scheme.is_other_servers_alias(alias.name) or not alias.target_key_id:
                 continue
-            if alias.last_updated is None or now - alias.last_updated < self._timings.stale_after:
-                continue
+            since = alias_stale_since(alias, self._timings.stale_after)
             target = key_id_of(alias.target_key_id)
-            if target in ours:
-                continue
+            if since is not None and since <= now and target not in rules.ours:
+                candidates.setdefault(target, []).append(alias)
+        for target, stale in candidates.items():
+            if self._stopped.is_set():
+                break
             try:
                 description = self._kms.describe_key(target)
-                if description.key_state not in (ENABLED, PENDING_DELETION):
-                    continue  # disabled by someone, for a reason: never touched
-                self._delete_alias(alias.name)
             except KmsError as err:
                 failures += 1
-                log.warn("Failed to dispose of a stale alias; will retry", alias=alias.name, error=str(err))
+                log.warn(
+                    "Failed to dispose of a stale alias; will retry", alias=stale[0].name, error=str(err)
+                )
                 continue
-            done.aliases.add(alias.name)
-            log.info(
-                "Deleted the alias of a server silent for too long",
-                alias=alias.name,
-                key_arn=description.arn,
-                last_updated=alias.last_updated.isoformat(),
-            )
-            still_aliased = any(a.name not in done.aliases for a in by_target.get(target, ()))
-            if description.key_state == ENABLED and not still_aliased:
+            step = stale_step(KeyFacts.of(description, by_target.get(target, ())), rules, now)
+            if not step.due_by(now):
+                continue  # disabled by someone, for a reason: never touched
+            every_alias_gone = True
+            for alias in stale:
+                if alias.name not in step.aliases:
+                    continue
+                try:
+                    self._delete_alias(alias.name)
+                except KmsError as err:
+                    failures += 1
+                    every_alias_gone = False
+                    log.warn(
+                        "Failed to dispose of a stale alias; will retry", alias=alias.name, error=str(err)
+                    )
+                    continue
+                done.aliases.add(alias.name)
+                log.info(
+                    "Deleted the alias of a server silent for too long",
+                    alias=alias.name,
+                    key_arn=description.arn,
+                    last_updated=alias.last_updated.isoformat() if alias.last_updated else None,
+                )
+            if step.step is Step.SCHEDULE_DELETION and every_alias_gone:
                 done.keys.add(target)
                 self._deletions.enqueue(
-                    self._kms, description.arn, self._window_days, f"alias {alias.name} stale"
+                    self._kms, description.arn, self._window_days, f"alias {stale[-1].name} stale"
                 )
         return done, failures
 
     def _dispose_stale_tagged(
-        self, now: datetime.datetime, ours: set[str], aliases: list[Alias]
+        self, now: datetime.datetime, rules: Rules, aliases: list[Alias]
     ) -> tuple[_Disposed, int]:
         done = _Disposed()
         try:
@@ -389,25 +427,27 @@ class Housekeeper:
             return done, 1
         failures = 0
         by_target = _by_target(aliases)
-        stale_before = int((now - self._timings.stale_after).timestamp())
         for resource in resources:
             if self._stopped.is_set():
                 break
             target = key_id_of(resource.arn)
-            if resource.tags.get(TAG_SERVER_ID) == self._scheme.server_id or target in ours:
+            if resource.tags.get(TAG_SERVER_ID) == self._scheme.server_id or target in rules.ours:
                 continue
-            stamp = resource.tags.get(TAG_LAST_UPDATE)
             try:
-                # No stamp at all is as old as can be: every SPIRE key is stamped when it is made.
-                last_update = int(stamp) if stamp is not None else 0
-            except ValueError:
+                stamp = last_update(resource.tags)
+            except BadStamp:
                 log.warn("Skipping a key whose spire-last-update tag is not a number", key_arn=resource.arn)
                 continue
-            if last_update > stale_before:
+            if tag_stale_since(stamp, self._timings.stale_after) > now:
                 continue
             try:
-                if not self._retire(resource.arn):
+                description = self._kms.describe_key(resource.arn)
+                step = stale_step(
+                    KeyFacts.of(description, by_target.get(target, ()), resource.tags), rules, now
+                )
+                if not step.due_by(now):
                     continue
+                self._retire(resource.arn, step)
             except KmsError as err:
                 failures += 1
                 log.warn("Failed to dispose of a stale key; will retry", key_arn=resource.arn, error=str(err))
@@ -416,20 +456,18 @@ class Housekeeper:
             log.info(
                 "Scheduled the key of a server silent for too long for deletion",
                 key_arn=resource.arn,
-                last_update=last_update,
+                last_update=stamp,
                 pending_window_days=self._window_days,
             )
             # Its server's aliases too, as without tags: a server that comes back then starts afresh
             # instead of finding its alias on a key pending deletion.
-            for alias in by_target.get(target, ()):
-                if not self._scheme.is_other_servers_alias(alias.name):
-                    continue
+            for alias_name in step.aliases:
                 try:
-                    self._delete_alias(alias.name)
-                    done.aliases.add(alias.name)
+                    self._delete_alias(alias_name)
+                    done.aliases.add(alias_name)
                 except KmsError as err:
                     failures += 1
-                    log.warn("Failed to delete the alias of a stale key", alias=alias.name, error=str(err))
+                    log.warn("Failed to delete the alias of a stale key", alias=alias_name, error=str(err))
         return done, failures
 
     def _delete_alias(self, alias_name: str) -> None:
@@ -442,23 +480,24 @@ class Housekeeper:
             # (a second request finds it pending, which is fine).
             log.debug("Stale alias already deleted", alias=alias_name)
 
-    def _retire(self, key_arn: str) -> bool:
-        """Schedule deletion, then tag inactive (in that order: see `mark_inactive`). False when the key
-        is in a state we leave alone."""
-        state = self._kms.describe_key(key_arn).key_state
-        if state == ENABLED:
+    def _retire(self, key_arn: str, step: Disposal) -> None:
+        """Schedule deletion (unless the key is pending already), then tag inactive: in that order, see
+        `mark_inactive`."""
+        if step.step is Step.SCHEDULE_DELETION:
             try:
                 self._kms.schedule_key_deletion(key_arn, self._window_days)
             except KmsError as err:
                 if err.code != INVALID_STATE:
                     raise
-        elif state != PENDING_DELETION:
-            return False
         _tag_inactive(self._kms, key_arn)
-        return True
 
     def _sweep_orphans(
-        self, now: datetime.datetime, skip: set[str], aliases: list[Alias], deleted_aliases: set[str]
+        self,
+        now: datetime.datetime,
+        rules: Rules,
+        skip: set[str] | frozenset[str],
+        aliases: list[Alias],
+        deleted_aliases: set[str],
     ) -> int:
         targeted = {
             key_id_of(alias.target_key_id)
@@ -467,14 +506,14 @@ class Housekeeper:
         }
         failures = 0
         try:
-            for arn in self._orphan_candidates():
+            for arn, tags in self._orphan_candidates():
                 if self._stopped.is_set():
                     break
                 key_id = key_id_of(arn)
                 if key_id in targeted or key_id in skip or key_id in self._foreign:
                     continue
                 try:
-                    self._sweep_one(arn, now)
+                    self._sweep_one(arn, tags, rules, now)
                 except KmsError as err:
                     failures += 1
                     log.warn("Failed to check a key without alias; will retry", key_arn=arn, error=str(err))
@@ -483,23 +522,23 @@ class Housekeeper:
             log.warn("Disposal could not list keys; will retry", error=str(err))
         return failures
 
-    def _orphan_candidates(self) -> Iterable[str]:
+    def _orphan_candidates(self) -> Iterable[tuple[str, Mapping[str, str] | None]]:
         if self._tag_discovery:
             resources = self._kms.get_resources(self._scheme.trust_domain_tag_filter(active_only=False))
-            return (resource.arn for resource in resources)
+            return ((resource.arn, resource.tags) for resource in resources)
         # Without tags the only way to find a key no alias points at is to list every key; only those
         # without an alias are described, and each foreign one only once.
-        return self._kms.list_keys()
+        return ((arn, None) for arn in self._kms.list_keys())
 
-    def _sweep_one(self, arn: str, now: datetime.datetime) -> None:
+    def _sweep_one(
+        self, arn: str, tags: Mapping[str, str] | None, rules: Rules, now: datetime.datetime
+    ) -> None:
         description = self._kms.describe_key(arn)
         if not self._scheme.is_trust_domain_description(description.description):
             self._foreign.add(key_id_of(arn))
             return
-        if description.key_state != ENABLED:
-            return
-        created = description.creation_date
-        if created is None or now - created < self._timings.orphan_after:
+        step = orphan_step(KeyFacts.of(description, (), tags), rules, now)
+        if not step.due_by(now):
             return
         # The alias list is a snapshot: make sure nothing points at the key now.
         if next(iter(self._kms.list_aliases(key_id=description.arn)), None) is not None:
@@ -508,10 +547,10 @@ class Housekeeper:
             "Found a key of this trust domain that no alias points at; scheduling its deletion",
             key_arn=description.arn,
             description=description.description,
-            created=created.isoformat(),
+            created=description.creation_date.isoformat() if description.creation_date else None,
         )
         self._deletions.enqueue(
-            self._kms, description.arn, self._window_days, "no alias points at it", self._tag_discovery
+            self._kms, description.arn, self._window_days, "no alias points at it", step.tag_inactive
         )
 
 
