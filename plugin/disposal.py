@@ -139,7 +139,7 @@ def stale_step(key: KeyFacts, rules: Rules, now: datetime.datetime) -> Disposal:
     if early is not None:
         return early
     if rules.tag_discovery:
-        return _stale_tagged(key, rules)
+        return _stale_tagged(key, rules, now)
     return _stale_aliases(key, rules, now)
 
 
@@ -216,12 +216,13 @@ def _stale_aliases(key: KeyFacts, rules: Rules, now: datetime.datetime) -> Dispo
         return Disposal(Step.DELETE_ALIASES, silent, min(dated[n] for n in names), names)
     first = min(dated.values())
     names = tuple(name for name, when in dated.items() if when == first)
+    coming = f"if its server stays silent: {_days(rules.stale_after)} after its alias's last heartbeat"
     if key.state == ENABLED and len(names) == len(key.aliases):
-        return Disposal(Step.SCHEDULE_DELETION, silent, first, names)
-    return Disposal(Step.DELETE_ALIASES, silent, first, names)
+        return Disposal(Step.SCHEDULE_DELETION, coming, first, names)
+    return Disposal(Step.DELETE_ALIASES, coming, first, names)
 
 
-def _stale_tagged(key: KeyFacts, rules: Rules) -> Disposal:
+def _stale_tagged(key: KeyFacts, rules: Rules, now: datetime.datetime) -> Disposal:
     tags = key.tags
     scheme = rules.scheme
     # The sweep lists the active keys tagged for the trust domain; others are phase two's or nobody's.
@@ -234,9 +235,13 @@ def _stale_tagged(key: KeyFacts, rules: Rules) -> Disposal:
     except BadStamp:
         return Disposal(Step.NONE, f"its {TAG_LAST_UPDATE} tag is not a number")
     aliases = tuple(alias.name for alias in key.aliases if scheme.is_other_servers_alias(alias.name))
-    silent = f"its server has not stamped {TAG_LAST_UPDATE} for {_days(rules.stale_after)}"
+    due = tag_stale_since(stamp, rules.stale_after)
+    if due <= now:
+        reason = f"its server has not stamped {TAG_LAST_UPDATE} for {_days(rules.stale_after)}"
+    else:
+        reason = f"if its server stays silent: {_days(rules.stale_after)} after its last {TAG_LAST_UPDATE}"
     step = Step.SCHEDULE_DELETION if key.state == ENABLED else Step.TAG_INACTIVE
-    return Disposal(step, silent, tag_stale_since(stamp, rules.stale_after), aliases, tag_inactive=True)
+    return Disposal(step, reason, due, aliases, tag_inactive=True)
 
 
 def _days(delta: datetime.timedelta) -> str:
