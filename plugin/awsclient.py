@@ -458,6 +458,13 @@ class AwsClients:
                 self._others[service] = self._make(service)
             return self._others[service]
 
+    def credential_method(self) -> str | None:
+        """How botocore found the credentials (explicit, env, shared-credentials-file,
+        assume-role-with-web-identity, iam-role, container-role, ...), resolving them if need be; None when
+        it found none. For the operator commands, which say where the credentials came from."""
+        credentials = self._session.get_credentials()
+        return None if credentials is None else str(credentials.method)
+
 
 def kms_client(settings: ClientSettings) -> Any:
     """A boto3 KMS client with the plugin's credentials, endpoint and failure policy."""

@@ -252,6 +252,15 @@ def load_server_id(source: ServerIdFile | ServerIdValue) -> str:
     return _parse_server_id(source, text)
 
 
+def read_server_id(source: ServerIdFile | ServerIdValue) -> str | None:
+    """The server id as it stands, creating nothing: None when the id file does not exist yet (Configure
+    would create it). For the operator commands, which must not change the machine they inspect."""
+    if isinstance(source, ServerIdValue):
+        return source.value
+    text = _read_id_file(source)
+    return None if text is None else _parse_server_id(source, text)
+
+
 def check_files(config: Config) -> list[str]:
     """What Configure would find wrong with the files the configuration names; creates nothing."""
     problems: list[str] = []

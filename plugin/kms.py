@@ -46,6 +46,14 @@ class Boto3Kms:
         self._clients = AwsClients(settings)
         self._client: Any = self._clients.kms
 
+    @property
+    def endpoint_url(self) -> str:
+        """Where KMS calls go (the operator commands show it)."""
+        return str(self._client.meta.endpoint_url)
+
+    def credential_method(self) -> str | None:
+        return self._clients.credential_method()
+
     def list_aliases(self, key_id: str | None = None) -> Iterator[Alias]:
         request: dict[str, Any] = {"Limit": LIST_PAGE_SIZE}
         if key_id:
@@ -156,10 +164,12 @@ class Boto3Kms:
 
 def _description(metadata: Mapping[str, Any]) -> KeyDescription:
     created = metadata.get("CreationDate")
+    deleted = metadata.get("DeletionDate")
     return KeyDescription(
         arn=metadata["Arn"],
         key_state=metadata.get("KeyState", ""),
         key_spec=metadata.get("KeySpec") or metadata.get("CustomerMasterKeySpec", ""),
         description=metadata.get("Description", ""),
         creation_date=created if isinstance(created, datetime.datetime) else None,
+        deletion_date=deleted if isinstance(deleted, datetime.datetime) else None,
     )

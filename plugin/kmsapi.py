@@ -36,6 +36,8 @@ class KeyDescription:
     key_spec: str
     description: str
     creation_date: datetime.datetime | None = None
+    # When KMS deletes a key pending deletion.
+    deletion_date: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
