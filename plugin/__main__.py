@@ -9,6 +9,8 @@ from plugin import PLUGIN_NAME, __version__
 
 MAGIC_COOKIE_KEY = "KeyManager"
 MAGIC_COOKIE_VALUE = "KeyManager"
+# The operator commands (plugin.cli.COMMANDS); spelled here so that serving never imports plugin.cli.
+COMMANDS = ("check", "keys")
 
 NOT_A_COMMAND = """\
 This binary is a plugin. These are not meant to be executed directly.
@@ -29,6 +31,13 @@ SPIRE Server starts this program itself. Configure it in server.conf:
         }}
     }}
 
+Commands, for operators (they change nothing unless asked to):
+    check --config server.conf    check the KeyManager configuration against AWS: credentials, endpoint,
+                                  permissions, and a signature by each key, verified here
+    keys --config server.conf     list the trust domain's SPIRE keys, what the disposal sweep would do to
+                                  each and when, and what they cost; --prune --yes takes the steps due now
+    COMMAND --help                every option of a command
+
 Options:
     --version   print the version and exit
     --help      print this help and exit
@@ -38,6 +47,11 @@ See the README for every plugin_data key.
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] and argv[0] in COMMANDS and os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
+        # Imported only for a command: what SPIRE starts never loads them.
+        from plugin import cli
+
+        return cli.main(argv)
     if "--version" in argv or "version" in argv[:1]:
         from plugin import buildinfo
 
