@@ -38,6 +38,8 @@ def main(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | Non
         return int(exit_.code or 0)
     _logging(args.verbose)
     try:
+        if args.command == "keys" and args.prune and not args.yes:
+            raise UsageError("--prune schedules keys for deletion: add --yes to confirm")
         target = _target(args)
         if args.command == "check":
             return _check(args, target, out)
@@ -200,8 +202,6 @@ def _guard(target: Target) -> None:
 
 
 def _keys(args: argparse.Namespace, target: Target, out: TextIO, err: TextIO) -> int:
-    if args.prune and not args.yes:
-        raise UsageError("--prune schedules keys for deletion: add --yes to confirm")
     _guard(target)
     try:
         config = plugin_config.parse_config(target.plugin_data, target.trust_domain)

@@ -4,12 +4,15 @@ reads it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from plugin.cli import output
 from plugin.cli.permissions import for_operation, required
 from plugin.config import parse_config
+from tests.conftest import ROOT
 
 
 def test_columns_line_up_and_the_last_one_is_free_text() -> None:
@@ -80,3 +83,15 @@ def test_operations_name_their_iam_actions() -> None:
         "tag:GetResources",
         "sts:AssumeRole",
     ]
+
+
+def test_what_spire_starts_never_loads_the_commands() -> None:
+    # Everything serving imports, up to the first Configure (which loads the boto3 adapter).
+    probe = (
+        "import sys, plugin.__main__, plugin.goplugin, plugin.service, plugin.kms; "
+        "print(sorted(m for m in sys.modules if m.startswith('plugin.cli')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert loaded.stdout.strip() == "[]"
