@@ -164,6 +164,8 @@ def run(target: Target, connect: Connect) -> Report:
         report.add("KMS", Status.SKIPPED, "not checked without working credentials")
         return report
     tried = _kms(report, config, server_id, kms)
+    if report.role_identity is not None:
+        tried.add("sts:AssumeRole")
     for permission in required(config):
         if permission.action in tried:
             continue

@@ -212,6 +212,7 @@ def test_check_shows_the_role_it_assumes_and_a_refused_assume_role(
     checked = run("check", "--config", conf)
     assert checked.code == 0, checked.stdout
     assert "assumed-role/spire-kms/spire-server-1" in checked.line("ok", "assume role")
+    assert "sts:AssumeRole" not in {line.split()[1] for line in checked.stdout.splitlines()[1:] if line}
     assert "new keys get a key policy giving arn:aws:iam::123456789012:role/spire-kms kms:*" in checked.line(
         "ok", "default key policy"
     )
