@@ -295,7 +295,8 @@ def _identity(report: Report, config: plugin_config.Config, connect: Connect) ->
 def _kms(report: Report, config: plugin_config.Config, server_id: str | None, kms: CheckedKms) -> set[str]:
     """The checks against KMS; returns the permissions they tried."""
     tried: set[str] = set()
-    who = (report.role_identity or report.identity or CallerIdentity("", "this identity")).arn
+    caller = report.role_identity or report.identity
+    who = caller.arn if caller is not None else "this identity"
     endpoint = kms.endpoint_url
     try:
         aliases = list(kms.list_aliases())
@@ -347,14 +348,12 @@ def _kms(report: Report, config: plugin_config.Config, server_id: str | None, km
             except KmsError as err:
                 _refused(report, "kms:ListKeys", err, "*", who)
 
-    signed = False
     for key_id, alias_name, target in targets:
-        if _key(report, kms, key_id, alias_name, target, who, tried):
-            signed = True
+        _key(report, kms, key_id, alias_name, target, who, tried)
     if not targets:
         report.add("keys", Status.OK, "none yet: SPIRE Server makes its keys at its first start")
     if isinstance(scheme, BuiltinScheme) and config.key_policy_file is None:
-        _default_policy(report, signed)
+        _default_policy(report)
     return tried
 
 
@@ -389,7 +388,7 @@ def _tagged(
 def _key(
     report: Report, kms: CheckedKms, key_id: str, alias_name: str, target: str, who: str, tried: set[str]
 ) -> bool:
-    """DescribeKey, GetPublicKey and Sign for one key, the signature verified here; True once signed."""
+    """DescribeKey, GetPublicKey and Sign for one key, the signature verified here; True when all pass."""
     name = f"key {key_id}"
     arn = target
     try:
@@ -445,7 +444,7 @@ def _key(
     return True
 
 
-def _default_policy(report: Report, signed: bool) -> None:
+def _default_policy(report: Report) -> None:
     caller = report.role_identity or report.identity
     if caller is None:
         return
