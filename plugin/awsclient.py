@@ -167,7 +167,7 @@ class Breaker:
             self._failures = 0
 
 
-def _transport_code(exception: BaseException) -> str | None:
+def transport_code(exception: BaseException) -> str | None:
     if isinstance(exception, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError):
         return "Timeout"
     if isinstance(
@@ -182,7 +182,7 @@ _LAST_FAILURE = "aws_kms_keymanager_last_failure"
 
 # An answer that is not an AWS answer (a proxy's page, a wrong endpoint) is quoted at most this long.
 EXCERPT_CHARS = 80
-# Parsed-answer entry marking an answer `_GuardedParser` could not read: {"status": int, "excerpt": str}.
+# Parsed-answer entry marking an answer `GuardedParser` could not read: {"status": int, "excerpt": str}.
 _UNPARSEABLE_ANSWER = "aws_kms_keymanager_unparseable"
 _JSON_PROTOCOLS = {"json", "rest-json"}
 
@@ -232,7 +232,7 @@ def _unparseable_answer(response: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _GuardedParser:
+class GuardedParser:
     """botocore's parser for one protocol, except that an answer it cannot read becomes an error answer
     marked unparseable instead of an exception. botocore parses outside the part of an attempt whose
     failures reach the retry handlers, so a ResponseParserError would end the call at once, unretried
@@ -253,13 +253,13 @@ class _GuardedParser:
             return _unparseable_answer(response)
 
 
-class _GuardedParserFactory(botocore.parsers.ResponseParserFactory):  # type: ignore[misc]
-    def create_parser(self, protocol_name: str) -> _GuardedParser:
-        return _GuardedParser(super().create_parser(protocol_name), protocol_name)
+class GuardedParserFactory(botocore.parsers.ResponseParserFactory):  # type: ignore[misc]
+    def create_parser(self, protocol_name: str) -> GuardedParser:
+        return GuardedParser(super().create_parser(protocol_name), protocol_name)
 
 
-def _unparseable(parsed: Any, operation: Any) -> tuple[str, str] | None:
-    """(code, message) when `parsed` is an answer `_GuardedParser` could not read, naming the service
+def unparseable_error(parsed: Any, operation: Any) -> tuple[str, str] | None:
+    """(code, message) when `parsed` is an answer `GuardedParser` could not read, naming the service
     and operation that answered it (STS AssumeRole when a credential refresh got it, not KMS)."""
     detail = parsed.get(_UNPARSEABLE_ANSWER) if isinstance(parsed, dict) else None
     if detail is None:
@@ -308,16 +308,16 @@ class _Policy:
         **_: Any,
     ) -> float | None:
         http, parsed = response if response is not None else (None, None)
-        unparseable = _unparseable(parsed, operation)
+        unparseable = unparseable_error(parsed, operation)
         if unparseable is not None:
             # Not counted by the breaker: the answer came at once, so failing fast would spare no one a
             # timeout, and "KMS is unreachable" would be untrue.
             code, message = unparseable
         elif caught_exception is not None:
-            transport_code = _transport_code(caught_exception)
-            if transport_code is None:
+            failure_code = transport_code(caught_exception)
+            if failure_code is None:
                 return None
-            code = transport_code
+            code = failure_code
             message = bounded(str(caught_exception))
             self._breaker.failure(f"{code}: {message}")
             if self._breaker.is_open:
@@ -342,7 +342,7 @@ class _Policy:
         return delay
 
     def after_call(self, parsed: Any = None, model: Any = None, **_: Any) -> None:
-        unparseable = _unparseable(parsed, model)
+        unparseable = unparseable_error(parsed, model)
         if unparseable is not None:
             # The last attempt's answer could not be read. It does not close the breaker either: it
             # was not KMS that answered. Raised here, before botocore would return a 200's stand-in as
@@ -408,7 +408,7 @@ class _AssumedRoleProvider(botocore.credentials.CredentialProvider):  # type: ig
 
 def _botocore_session() -> Any:
     session = botocore.session.get_session()
-    session.register_component("response_parser_factory", _GuardedParserFactory())
+    session.register_component("response_parser_factory", GuardedParserFactory())
     return session
 
 
@@ -443,13 +443,15 @@ class AwsClients:
         self._session = _base_session(settings)
         if settings.assume_role is not None:
             self._session = _assumed_role_session(self._session, settings, Breaker())
-        self.kms = self._make("kms", settings.endpoint)
+        # Shared with the lean Sign path (`plugin.signpath`): one endpoint, one judgement of whether it is up.
+        self.kms_breaker = Breaker()
+        self.kms = self._make("kms", settings.endpoint, self.kms_breaker)
         self._others: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def _make(self, service: str, endpoint: str | None = None) -> Any:
+    def _make(self, service: str, endpoint: str | None = None, breaker: Breaker | None = None) -> Any:
         client = self._session.client(service, endpoint_url=endpoint, config=_client_config(self._settings))
-        _Policy(Breaker()).register(client, client.meta.service_model.service_id.hyphenize())
+        _Policy(breaker or Breaker()).register(client, client.meta.service_model.service_id.hyphenize())
         return client
 
     def client(self, service: str) -> Any:
@@ -458,11 +460,15 @@ class AwsClients:
                 self._others[service] = self._make(service)
             return self._others[service]
 
+    def credentials(self) -> Any:
+        """The clients' botocore credentials (they renew themselves where they can), or None."""
+        return self._session.get_credentials()
+
     def credential_method(self) -> str | None:
         """How botocore found the credentials (explicit, env, shared-credentials-file,
         assume-role-with-web-identity, iam-role, container-role, ...), resolving them if need be; None when
         it found none. For the operator commands, which say where the credentials came from."""
-        credentials = self._session.get_credentials()
+        credentials = self.credentials()
         return None if credentials is None else str(credentials.method)
 
 
@@ -489,9 +495,9 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
     except KmsError as err:
         raise KmsError(operation, err.code, err.message) from None
     except botocore.parsers.ResponseParserError as err:
-        # Only from a client without `_GuardedParser`; botocore's message quotes the whole body.
+        # Only from a client without `GuardedParser`; botocore's message quotes the whole body.
         message = f"the answer could not be parsed: {excerpt(str(err))}"
         raise KmsError(operation, UNPARSEABLE, message) from None
     except botocore.exceptions.BotoCoreError as err:
-        code = _transport_code(err) or type(err).__name__
+        code = transport_code(err) or type(err).__name__
         raise KmsError(operation, code, bounded(str(err))) from None

@@ -18,6 +18,7 @@ from plugin.kmsapi import (
     PublicKey,
     TaggedResource,
 )
+from plugin.signpath import LeanSigner
 
 T = TypeVar("T")
 
@@ -45,6 +46,9 @@ class Boto3Kms:
     def __init__(self, settings: ClientSettings) -> None:
         self._clients = AwsClients(settings)
         self._client: Any = self._clients.kms
+        self._signer = LeanSigner.for_client(
+            self._client, self._clients.credentials(), self._clients.kms_breaker
+        )
 
     @property
     def endpoint_url(self) -> str:
@@ -111,6 +115,9 @@ class Boto3Kms:
         )
 
     def sign(self, key_id: str, digest: bytes, signing_algorithm: str) -> bytes:
+        signer = self._signer
+        if signer is not None:
+            return _call("Sign", lambda: signer.sign(key_id, digest, signing_algorithm))
         answer = _call(
             "Sign",
             lambda: self._client.sign(

@@ -200,7 +200,7 @@ _SIGN = SimpleNamespace(name="Sign", service_model=SimpleNamespace(service_id="K
 
 
 def _proxy_answer(status: int, body: bytes) -> dict[str, object]:
-    parser = awsclient._GuardedParserFactory().create_parser("json")
+    parser = awsclient.GuardedParserFactory().create_parser("json")
     parsed: dict[str, object] = parser.parse({"status_code": status, "headers": {}, "body": body}, None)
     return parsed
 
@@ -212,14 +212,14 @@ def _proxy_answer(status: int, body: bytes) -> dict[str, object]:
 def test_an_answer_the_parser_cannot_read_becomes_a_marked_error(
     protocol: str, status: int, body: bytes
 ) -> None:
-    parser = awsclient._GuardedParserFactory().create_parser(protocol)
+    parser = awsclient.GuardedParserFactory().create_parser(protocol)
     parsed = parser.parse({"status_code": status, "headers": {}, "body": body}, None)
     assert parsed["Error"]["Code"] == "UnparseableResponse"
-    assert awsclient._unparseable(parsed, _SIGN) is not None
+    assert awsclient.unparseable_error(parsed, _SIGN) is not None
 
 
 def test_a_5xx_the_parser_cannot_read_keeps_its_status_as_the_code() -> None:
-    assert awsclient._unparseable(_proxy_answer(502, b"upstream is down"), _SIGN) == (
+    assert awsclient.unparseable_error(_proxy_answer(502, b"upstream is down"), _SIGN) == (
         "502",
         'KMS Sign answered HTTP 502 with a body that is not an AWS answer: "upstream is down"',
     )
@@ -227,7 +227,7 @@ def test_a_5xx_the_parser_cannot_read_keeps_its_status_as_the_code() -> None:
 
 def test_an_aws_answer_is_parsed_as_botocore_would() -> None:
     parsed = _proxy_answer(200, b'{"KeyId": "k"}')
-    assert awsclient._unparseable(parsed, _SIGN) is None
+    assert awsclient.unparseable_error(parsed, _SIGN) is None
 
 
 def test_only_a_short_excerpt_of_the_body_is_quoted() -> None:

@@ -1,0 +1,275 @@
+"""Benchmark: the frozen plugin next to a direct boto3 client, against the same KMS emulator, in one run.
+
+Prints side by side, for EC P-256 and RSA-2048 keys and 1 and 16 callers:
+
+- CPU per signature: of the whole plugin process tree (launchers included) per SignData, against a
+  separate Python process calling boto3's `kms.sign` on the same key, per call;
+- latency p50/p99 of SignData through the plugin's unix socket (as SPIRE calls it) and of boto3's Sign;
+
+then GetPublicKey(s) latency and the KMS calls they made, spawn-to-handshake time, binary size and the
+RSS of the plugin tree. `--spire` runs the SPIRE workload instead (`scripts/bench_spire.py`: mints with
+SPIRE's built-in aws_kms against mints with this plugin, and start to healthy).
+
+    .venv/bin/python scripts/bench.py [--signs N] [--starts N] [--callers 1,16]
+    .venv/bin/python scripts/bench.py --spire [bench_spire.py's options]
+
+The emulator answers each request on a new connection (werkzeug closes every one), so both sides pay a
+TCP connect per call; against KMS both would reuse connections. Needs dist/aws-kms-keymanager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from proto_gen.spire.keymanager import keymanager_pb2 as km  # noqa: E402
+from tests.conftest import BINARY  # noqa: E402
+from tests.integration.conftest import COMMUNITY_CONFIG, plugin_env  # noqa: E402
+from tests.support.kms_emulator import start_emulator_process  # noqa: E402
+from tests.support.plugin_host import PluginProcess, start_plugin  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+KEYS = [(km.EC_P256, "ECDSA_SHA_256"), (km.RSA_2048, "RSASSA_PKCS1_V1_5_SHA_256")]
+WARMUP = 50
+
+
+@dataclass
+class Run:
+    """One side of one row: CPU seconds spent and each call's latency in seconds."""
+
+    cpu: float
+    latencies: list[float]
+
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / len(self.latencies)
+
+    def percentile_ms(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def _stat_fields(pid: int) -> list[str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def tree_cpu(root: int) -> float:
+    """User and system CPU seconds of `root` and every descendant, all threads."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def tree_rss_mb(root: int) -> float:
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            total += int(_stat_fields(pid)[21])
+        except OSError:
+            continue
+    return total * PAGE / 1e6
+
+
+def timed_calls(call: Callable[[], object], count: int, callers: int) -> list[float]:
+    """`count` calls spread over `callers` threads; each call's latency."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        started = time.perf_counter()
+        call()
+        elapsed = time.perf_counter() - started
+        with lock:
+            latencies.append(elapsed)
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        list(pool.map(one, range(count)))
+    return latencies
+
+
+def boto3_worker(argv: list[str]) -> int:
+    """The baseline, in a process of its own so that its CPU is counted as the plugin's is: reads
+    {"url", "arn", "algorithm", "count", "callers"} on stdin, prints {"cpu", "latencies"}."""
+    import boto3
+    import botocore.config
+
+    job = json.loads(sys.stdin.read())
+    client = boto3.client(
+        "kms",
+        region_name="us-east-1",
+        endpoint_url=job["url"],
+        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        config=botocore.config.Config(max_pool_connections=32, retries={"total_max_attempts": 1}),
+    )
+    digest = hashlib.sha256(b"benchmark").digest()
+
+    def sign() -> object:
+        return client.sign(
+            KeyId=job["arn"], Message=digest, MessageType="DIGEST", SigningAlgorithm=job["algorithm"]
+        )
+
+    timed_calls(sign, WARMUP, job["callers"])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    latencies = timed_calls(sign, job["count"], job["callers"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    print(json.dumps({"cpu": cpu, "latencies": latencies}))
+    return 0
+
+
+def boto3_run(url: str, arn: str, algorithm: str, count: int, callers: int) -> Run:
+    job = {"url": url, "arn": arn, "algorithm": algorithm, "count": count, "callers": callers}
+    result = subprocess.run(
+        [sys.executable, __file__, "--boto3-worker"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(result.stdout)
+    return Run(cpu=answer["cpu"], latencies=answer["latencies"])
+
+
+def plugin_run(plugin: PluginProcess, key_id: str, count: int, callers: int) -> Run:
+    digest = hashlib.sha256(b"benchmark").digest()
+
+    def sign() -> object:
+        return plugin.sign_data(key_id, digest, hash_algorithm=km.SHA256)
+
+    timed_calls(sign, WARMUP, callers)
+    before = tree_cpu(plugin.pid)
+    latencies = timed_calls(sign, count, callers)
+    return Run(cpu=tree_cpu(plugin.pid) - before, latencies=latencies)
+
+
+def startup_ms(env: dict[str, str], starts: int) -> float:
+    handshakes = []
+    for _ in range(starts):
+        with start_plugin([str(BINARY)], env=env) as plugin:
+            handshakes.append((plugin.handshake_seconds or 0) * 1000)
+            plugin.shutdown()
+    return statistics.median(handshakes)
+
+
+def public_key_latency(plugin: PluginProcess, key_id: str, count: int) -> tuple[float, float]:
+    """p50 in ms of GetPublicKey and of GetPublicKeys."""
+    single = timed_calls(lambda: plugin.get_public_key(key_id), count, 1)
+    every = timed_calls(plugin.get_public_keys, count, 1)
+    return 1000 * statistics.median(single), 1000 * statistics.median(every)
+
+
+def sign_table(plugin: PluginProcess, url: str, kms: object, signs: int, callers_list: list[int]) -> None:
+    print(f"\nSign: {signs} calls per row; CPU per call (plugin: its whole process tree)")
+    header = (
+        f"{'key':<9} {'callers':>7}  {'plugin cpu':>10} {'boto3 cpu':>9} {'ratio':>6}"
+        f"  {'plugin p50/p99 ms':>17}  {'boto3 p50/p99 ms':>16}  {'+p50 ms':>7}"
+    )
+    print(header)
+    for key_type, algorithm in KEYS:
+        name = km.KeyType.Name(key_type)
+        key_id = f"bench-{name}"
+        arn = kms.describe_key(KeyId=f"alias/SPIRE_SERVER_KEY/{key_id}")["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
+        for callers in callers_list:
+            ours = plugin_run(plugin, key_id, signs, callers)
+            direct = boto3_run(url, arn, algorithm, signs, callers)
+            print(
+                f"{name:<9} {callers:>7}  {ours.cpu_ms():>7.3f} ms {direct.cpu_ms():>6.3f} ms"
+                f" {ours.cpu_ms() / direct.cpu_ms():>6.2f}"
+                f"  {ours.percentile_ms(0.5):>8.2f}/{ours.percentile_ms(0.99):<8.2f}"
+                f"  {direct.percentile_ms(0.5):>7.2f}/{direct.percentile_ms(0.99):<8.2f}"
+                f"  {ours.percentile_ms(0.5) - direct.percentile_ms(0.5):>+7.2f}"
+            )
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--boto3-worker"]:
+        return boto3_worker(argv[1:])
+    if argv[:1] == ["--spire"]:
+        import bench_spire
+
+        sys.argv = [str(Path(__file__).with_name("bench_spire.py")), *argv[1:]]
+        return int(bench_spire.main())
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--signs", type=int, default=1000, help="signatures per row (1000)")
+    parser.add_argument("--starts", type=int, default=5, help="plugin starts to time (5)")
+    parser.add_argument(
+        "--callers", default="1,16", help="concurrent callers per row, comma-separated (1,16)"
+    )
+    args = parser.parse_args(argv)
+    if not BINARY.is_file():
+        print(f"{BINARY} is missing: run scripts/build.sh first", file=sys.stderr)
+        return 1
+    callers_list = [int(value) for value in args.callers.split(",")]
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    print(f"commit {commit.stdout.strip()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    print(f"binary: {BINARY} {BINARY.stat().st_size / 1e6:.1f} MB")
+    with start_emulator_process() as emulator, tempfile.TemporaryDirectory() as tmp:
+        env = plugin_env(emulator.url, Path(tmp))
+        print(
+            f"spawn to handshake line: median {startup_ms(env, args.starts):.0f} ms of {args.starts} starts"
+        )
+        control = emulator.control()
+        kms = control.kms_client()
+        with start_plugin([str(BINARY)], env=env) as plugin:
+            plugin.configure(COMMUNITY_CONFIG)
+            for key_type, _ in KEYS:
+                plugin.generate_key(f"bench-{km.KeyType.Name(key_type)}", key_type)
+            print(f"plugin tree RSS after Configure and two keys: {tree_rss_mb(plugin.pid):.1f} MB")
+            sign_table(plugin, emulator.url, kms, args.signs, callers_list)
+            control.reset_calls()
+            single, every = public_key_latency(plugin, "bench-EC_P256", 500)
+            calls = sum(control.calls().values())
+            print(f"\nGetPublicKey p50 {single:.3f} ms, GetPublicKeys p50 {every:.3f} ms; KMS calls: {calls}")
+            print(f"plugin tree RSS after the run: {tree_rss_mb(plugin.pid):.1f} MB")
+            plugin.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
