@@ -8,7 +8,8 @@ import datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from plugin.awsclient import AwsClients, ClientSettings, translate
+from plugin import config as plugin_config
+from plugin.awsclient import AssumeRole, AwsClients, ClientSettings, translate
 from plugin.kmsapi import (
     UNPARSEABLE,
     Alias,
@@ -167,6 +168,20 @@ class Boto3Kms:
         sts = self._clients.client("sts")
         answer = _call("GetCallerIdentity", lambda: sts.get_caller_identity())
         return CallerIdentity(account=str(answer["Account"]), arn=str(answer["Arn"]))
+
+
+def settings_for(config: plugin_config.Config) -> ClientSettings:
+    """The client settings a plugin configuration asks for: credentials, region, endpoint, FIPS, role."""
+    credentials = config.credentials
+    role = config.assume_role
+    return ClientSettings(
+        region=config.region,
+        access_key_id=credentials.access_key_id if credentials else None,
+        secret_access_key=credentials.secret_access_key if credentials else None,
+        endpoint=config.endpoint,
+        use_fips_endpoint=config.use_fips_endpoint,
+        assume_role=AssumeRole(role.role_arn, role.external_id, role.session_name) if role else None,
+    )
 
 
 def _description(metadata: Mapping[str, Any]) -> KeyDescription:

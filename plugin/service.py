@@ -197,21 +197,9 @@ class KeyManagerService(keymanager_pb2_grpc.KeyManagerServicer):
 def boto3_kms(config: plugin_config.Config) -> Kms:
     # Imported here, not at module level: boto3 takes a quarter of a second to import, and SPIRE is
     # waiting for the handshake line until the gRPC server is up.
-    from plugin.awsclient import AssumeRole, ClientSettings
-    from plugin.kms import Boto3Kms
+    from plugin.kms import Boto3Kms, settings_for
 
-    credentials = config.credentials
-    role = config.assume_role
-    return Boto3Kms(
-        ClientSettings(
-            region=config.region,
-            access_key_id=credentials.access_key_id if credentials else None,
-            secret_access_key=credentials.secret_access_key if credentials else None,
-            endpoint=config.endpoint,
-            use_fips_endpoint=config.use_fips_endpoint,
-            assume_role=AssumeRole(role.role_arn, role.external_id, role.session_name) if role else None,
-        )
-    )
+    return Boto3Kms(settings_for(config))
 
 
 @dataclass
