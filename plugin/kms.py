@@ -1,6 +1,7 @@
 """The KMS adapter. One method per KMS operation the core needs; botocore failures become `KmsError`
 with the AWS error code, and nothing else leaks upward. The client itself (credentials, endpoints, retry
-and deadline policy) comes from `plugin.awsclient`; these two are the only modules that import boto3."""
+and deadline policy) comes from `plugin.awsclient`, and Sign takes the lean path of `plugin.signpath`; these
+three are the only modules that import boto3 or botocore."""
 
 from __future__ import annotations
 
