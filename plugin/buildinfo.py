@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from plugin.bundle import STATICX_BUNDLE_ENV
 
 BUILD_INFO_FILE = Path(__file__).with_name("build.json")
 
-STATIC = "static, any x86-64 Linux"
+# The names operators know the architectures by (SPIRE's release files, container platforms), by what the
+# kernel reports; a binary run under qemu-user sees the architecture it was built for.
+ARCHITECTURE_NAMES = {"x86_64": "x86-64", "aarch64": "arm64"}
 DYNAMIC = "dynamically linked: needs the C library of the machine it was built on"
 FROM_SOURCE = "from source"
 
@@ -34,10 +37,12 @@ class BuildInfo:
         return f"{PLUGIN_NAME} {self.version} (commit {self.commit}, built {self.date}, {self.platform})"
 
 
-def platform_of(frozen: bool, environ: Mapping[str, str]) -> str:
+def platform_of(frozen: bool, environ: Mapping[str, str], machine: str) -> str:
     if not frozen:
         return FROM_SOURCE
-    return STATIC if environ.get(STATICX_BUNDLE_ENV) else DYNAMIC
+    if not environ.get(STATICX_BUNDLE_ENV):
+        return DYNAMIC
+    return f"static, any {ARCHITECTURE_NAMES.get(machine, machine)} Linux"
 
 
 def current() -> BuildInfo:
@@ -49,5 +54,5 @@ def current() -> BuildInfo:
         version=__version__,
         commit=str(baked.get("commit", "unknown")),
         date=str(baked.get("date", "unknown")),
-        platform=platform_of(bool(getattr(sys, "frozen", False)), os.environ),
+        platform=platform_of(bool(getattr(sys, "frozen", False)), os.environ, platform.machine()),
     )

@@ -14,7 +14,7 @@ SPIRE's built-in aws_kms against mints with this plugin, and start to healthy).
     .venv/bin/python scripts/bench.py --spire [bench_spire.py's options]
 
 The emulator answers each request on a new connection (werkzeug closes every one), so both sides pay a
-TCP connect per call; against KMS both would reuse connections. Needs dist/aws-kms-keymanager.
+TCP connect per call; against KMS both would reuse connections. Needs dist/aws-kms-keymanager-linux-amd64.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ dominates the absolute numbers: the ratio is what the plugin costs.
 
     .venv/bin/python scripts/bench_spire.py [--sequential N] [--concurrent N] [--workers N] [--key-type T]
 
-Needs dist/aws-kms-keymanager (scripts/build.sh) and installs spire-server with scripts/install_spire.sh
-(cached; the first install compiles SPIRE and takes minutes).
+Needs dist/aws-kms-keymanager-linux-amd64 (scripts/build.sh) and installs spire-server with
+scripts/install_spire.sh (cached; the first install compiles SPIRE and takes minutes).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from tests.support.spire_server import (  # noqa: E402
     verify_x509_svid,
 )
 
-PLUGIN = ROOT / "dist" / "aws-kms-keymanager"
+PLUGIN = ROOT / "dist" / "aws-kms-keymanager-linux-amd64"
 SPIFFE_PATH = "/bench"
 SPIFFE_ID = f"spiffe://{TRUST_DOMAIN}{SPIFFE_PATH}"
 AUDIENCE = "bench"

@@ -1,9 +1,10 @@
 """Benchmark: start-up of the portable binary next to PyInstaller's output alone, in one run.
 
-scripts/build.sh makes dist/aws-kms-keymanager by wrapping PyInstaller's one-file binary (which needs the
-build machine's glibc; it stays in build/pyinstaller/aws-kms-keymanager.dynamic) with staticx's loader and
-C library. This prints both sizes and, for each, the time from spawn to the go-plugin handshake line and to
-a completed Shutdown, started alternately as SPIRE starts a plugin, with TMPDIR on the same disk.
+scripts/build.sh makes dist/aws-kms-keymanager-linux-amd64 by wrapping PyInstaller's one-file binary
+(which needs the build machine's glibc; it stays in build/pyinstaller/amd64/aws-kms-keymanager.dynamic)
+with staticx's loader and C library. This prints both sizes and, for each, the time from spawn to the
+go-plugin handshake line and to a completed Shutdown, started alternately as SPIRE starts a plugin,
+with TMPDIR on the same disk.
 Run: .venv/bin/python scripts/bench_startup.py [--starts N]
 """
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import BINARY  # noqa: E402
 from tests.support.plugin_host import start_plugin  # noqa: E402
 
-DYNAMIC = ROOT / "build" / "pyinstaller" / "aws-kms-keymanager.dynamic"
+DYNAMIC = ROOT / "build" / "pyinstaller" / "amd64" / "aws-kms-keymanager.dynamic"
 
 
 def one_start(binary: Path, tmpdir: str) -> tuple[float, float]:

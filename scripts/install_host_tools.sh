@@ -4,14 +4,17 @@
 #   musl-gcc     (musl-tools)   SPIRE is built static with musl, as its own release is (install_spire.sh)
 #   debootstrap  (debootstrap)  the tests make a Debian 11 root file system to run the binary in
 #   objcopy, readelf (binutils) staticx wraps the binary (scripts/build.sh)
+#   qemu-aarch64-static, update-binfmts (qemu-user-static, binfmt-support)
+#                               the arm64 binary is built and tested under qemu-user (scripts/build_root.sh)
 #
 # Needs root and apt-get when something is missing; does nothing otherwise.
 set -euo pipefail
 
 missing=()
-for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils; do
+for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils \
+    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support; do
     tool=${pair%%:*}
-    # debootstrap lives in /usr/sbin, which a non-login PATH may lack.
+    # debootstrap and update-binfmts live in /usr/sbin, which a non-login PATH may lack.
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${pair#*:}")
 done
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | grep .)

@@ -26,20 +26,35 @@ settings.register_profile(
 )
 settings.load_profile("ci")
 
-# PLUGIN_BINARY points the suites at another build of the binary (e.g. a release artifact).
-BINARY = Path(os.environ.get("PLUGIN_BINARY") or ROOT / "dist" / "aws-kms-keymanager").resolve()
+# scripts/build.sh names each binary for its architecture. PLUGIN_BINARY (PLUGIN_BINARY_ARM64) points the
+# suites at another build (e.g. a release artifact).
+BINARY = Path(os.environ.get("PLUGIN_BINARY") or ROOT / "dist" / "aws-kms-keymanager-linux-amd64").resolve()
+ARM64_BINARY = Path(
+    os.environ.get("PLUGIN_BINARY_ARM64") or ROOT / "dist" / "aws-kms-keymanager-linux-arm64"
+).resolve()
+
+
+def _built(binary: Path, build_command: str) -> Path:
+    """Missing is a failure, not a skip: these tests are the binary's acceptance."""
+    if not binary.is_file():
+        pytest.fail(
+            f"{binary} is missing: build it with {build_command} (scripts/test.sh does)", pytrace=False
+        )
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"{binary} is not executable", pytrace=False)
+    return binary
 
 
 @pytest.fixture(scope="session")
 def plugin_binary() -> Path:
-    """The built binary. Missing is a failure, not a skip: these tests are the binary's acceptance."""
-    if not BINARY.is_file():
-        pytest.fail(
-            f"{BINARY} is missing: build it with scripts/build.sh (scripts/test.sh does)", pytrace=False
-        )
-    if not os.access(BINARY, os.X_OK):
-        pytest.fail(f"{BINARY} is not executable", pytrace=False)
-    return BINARY
+    """The built binary for this machine (x86-64)."""
+    return _built(BINARY, "scripts/build.sh")
+
+
+@pytest.fixture(scope="session")
+def arm64_binary() -> Path:
+    """The built binary for arm64, which runs here under qemu-user (scripts/build_root.sh registers it)."""
+    return _built(ARM64_BINARY, "scripts/build.sh --arch arm64")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@
 //
 // Inputs (both required; missing is a failure, not a skip):
 //
-//	AKM_PLUGIN_BINARY  the frozen binary (dist/aws-kms-keymanager)
+//	AKM_PLUGIN_BINARY  the frozen binary (dist/aws-kms-keymanager-linux-amd64)
 //	AKM_KMS_ENDPOINT   http://127.0.0.1:PORT of the KMS emulator
 //
 // The suite runs for every profile (which signature algorithms are declared unsupported) and both naming

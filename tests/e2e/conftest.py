@@ -43,6 +43,17 @@ COMMUNITY_SAMPLE: Mapping[str, Any] = {
 COMMUNITY_PREFIX = "alias/SPIRE_SERVER_KEY/"
 
 _install_seconds: dict[str, float] = {}
+# Where the README has operators put the binary; SPIRE names the plugin's log lines after this file name.
+INSTALLED_NAME = "aws-kms-keymanager"
+
+
+@pytest.fixture(scope="session")
+def plugin_binary(plugin_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built binary installed as an operator does: copied under its plain name (the release files are
+    named for their architecture)."""
+    installed = tmp_path_factory.mktemp("plugins") / INSTALLED_NAME
+    shutil.copy2(plugin_binary, installed)
+    return installed
 
 
 @pytest.fixture(scope="session", params=SPIRE_VERSIONS)

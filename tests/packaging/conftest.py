@@ -1,4 +1,5 @@
-"""Fixtures for the tests of the frozen binary dist/aws-kms-keymanager (built by scripts/build.sh).
+"""Fixtures for the tests of the frozen binaries dist/aws-kms-keymanager-linux-{amd64,arm64} (built by
+scripts/build.sh --arch all): every test here runs once for each, the arm64 one under qemu-user.
 
 Every run of the binary gets its own TMPDIR: the one-file bootloader unpacks itself there (`_MEI*`) and the
 plugin makes its socket directory there, so a test can see exactly what a run leaves behind.
@@ -22,9 +23,14 @@ RUN_TIMEOUT = 60.0
 _PLUGIN_ENV = ("KeyManager", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_MIN_PORT", "PLUGIN_MAX_PORT")
 
 
+@pytest.fixture(scope="session", params=["amd64", "arm64"])
+def arch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def binary(plugin_binary: Path) -> Path:
-    return plugin_binary
+def binary(arch: str, request: pytest.FixtureRequest) -> Path:
+    return Path(request.getfixturevalue("arm64_binary" if arch == "arm64" else "plugin_binary"))
 
 
 @pytest.fixture

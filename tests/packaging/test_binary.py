@@ -33,20 +33,24 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _version_line() -> str:
+# How --version names each architecture: as SPIRE's release files and container platforms do.
+PLATFORM = {"amd64": "static, any x86-64 Linux", "arm64": "static, any arm64 Linux"}
+
+
+def _version_line(arch: str) -> str:
     """What --version must say for a build of this work tree: scripts/build.sh's commit and date."""
     commit = _git("rev-parse", "--short=12", "HEAD")
     if _git("status", "--porcelain", "--untracked-files=no"):
         commit += "-modified"
     epoch = int(_git("log", "-1", "--format=%ct"))
     built = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{PLUGIN_NAME} {__version__} (commit {commit}, built {built}, static, any x86-64 Linux)\n"
+    return f"{PLUGIN_NAME} {__version__} (commit {commit}, built {built}, {PLATFORM[arch]})\n"
 
 
-def test_version_names_the_commit_the_date_and_the_platform(run: Runner) -> None:
+def test_version_names_the_commit_the_date_and_the_platform(run: Runner, arch: str) -> None:
     result = run("--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == _version_line()
+    assert result.stdout == _version_line(arch)
     assert result.stderr == ""
 
 
@@ -64,6 +68,20 @@ def test_without_the_magic_cookie_it_says_it_is_a_plugin(run: Runner, cookie: st
     assert result.returncode == 1
     assert NOT_A_COMMAND_HINT in result.stderr
     assert result.stdout == ""
+
+
+# e_machine in the ELF header (2 bytes, little-endian, at offset 18): EM_X86_64 and EM_AARCH64.
+ELF_MACHINE = {"amd64": 62, "arm64": 183}
+
+
+def test_is_a_static_executable_for_its_architecture(binary: Path, arch: str) -> None:
+    header = binary.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    assert int.from_bytes(header[18:20], "little") == ELF_MACHINE[arch]
+    program_headers = subprocess.run(
+        ["readelf", "--program-headers", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "INTERP" not in program_headers, "it asks for a loader the machine may not have"
 
 
 def test_size_is_within_budget(binary: Path) -> None:

@@ -22,7 +22,13 @@ from tests.support.rootfs import (
     spire_tmp,
 )
 
-ROOTS = ("empty", "debian11")
+# Where operators run the binary: the official image's empty root on x86-64 and on arm64 (Graviton, arm64
+# nodes; here under qemu-user), and a Debian 11 root (glibc 2.31) on x86-64.
+PLATFORMS = [
+    pytest.param("empty", "amd64", id="empty-amd64"),
+    pytest.param("debian11", "amd64", id="debian11-amd64"),
+    pytest.param("empty", "arm64", id="empty-arm64"),
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,11 +75,12 @@ MakeBox = Callable[..., Box]
 
 
 @pytest.fixture
-def make_box(base: Path, plugin_binary: Path, debian11_root: Path) -> MakeBox:
-    def _make(root: str, *extra: Bind) -> Box:
+def make_box(base: Path, request: pytest.FixtureRequest) -> MakeBox:
+    def _make(root: str, *extra: Bind, arch: str = "amd64") -> Box:
         tmp = spire_tmp(base)
-        chosen = empty_root(base) if root == "empty" else debian11_root
-        binds = (Bind(tmp, "/tmp"), Bind(plugin_binary, HELM_PLUGIN_PATH, read_only=True), *extra)
+        chosen = empty_root(base) if root == "empty" else request.getfixturevalue("debian11_root")
+        binary = request.getfixturevalue("arm64_binary" if arch == "arm64" else "plugin_binary")
+        binds = (Bind(tmp, "/tmp"), Bind(binary, HELM_PLUGIN_PATH, read_only=True), *extra)
         return Box(Container(chosen, binds), tmp)
 
     return _make

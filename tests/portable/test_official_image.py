@@ -50,14 +50,25 @@ EXIT_WAIT = 10.0
 @dataclass(frozen=True)
 class Recipe:
     spire_version: str  # of the official image it builds on
-    plugin_path: str  # where its one COPY puts the plugin
+    source: str  # the file its one COPY takes, for the platform docker builds (${TARGETARCH})
+    plugin_path: str  # where that COPY puts the plugin
+
+    def source_for(self, arch: str) -> str:
+        return self.source.replace("${TARGETARCH}", arch)
 
 
 def dockerfile_recipe() -> Recipe:
     text = DOCKERFILE.read_text()
     (version,) = re.findall(r"^FROM ghcr\.io/spiffe/spire-server:(\d+\.\d+\.\d+)$", text, re.MULTILINE)
-    (copy,) = re.findall(r"^COPY --chmod=0555 aws-kms-keymanager (/\S+)$", text, re.MULTILINE)
-    return Recipe(f"v{version}", str(copy))
+    ((source, copy),) = re.findall(r"^COPY --chmod=0555 (\S+) (/\S+)$", text, re.MULTILINE)
+    return Recipe(f"v{version}", source, copy)
+
+
+def test_the_dockerfile_takes_the_release_file_of_each_platform() -> None:
+    # docker sets TARGETARCH to amd64 or arm64; scripts/build.sh names its files for them.
+    recipe = dockerfile_recipe()
+    assert recipe.source_for("amd64") == "aws-kms-keymanager-linux-amd64"
+    assert recipe.source_for("arm64") == "aws-kms-keymanager-linux-arm64"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The binary in an empty root (what SPIRE's `FROM scratch` image gives a plugin under the hardened Helm
-chart) and in a Debian 11 root (glibc 2.31, the Ubuntu 20.04 generation): as uid 1000, from a read-only
-path, it serves all four key types with signatures that verify, stops cleanly, and leaves nothing behind
-when SPIRE SIGKILLs the process it started."""
+chart), on x86-64 and on arm64 (under qemu-user), and in a Debian 11 root (glibc 2.31, the Ubuntu 20.04
+generation): as uid 1000, from a read-only path, it serves all four key types with signatures that verify,
+stops cleanly, and leaves nothing behind when SPIRE SIGKILLs the process it started."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
 from tests.integration.conftest import COMMUNITY_CONFIG
-from tests.portable.conftest import ROOTS, MakeBox, container_env
+from tests.portable.conftest import PLATFORMS, MakeBox, container_env
 from tests.support.container import Bind
 from tests.support.kms_emulator import EmulatorControl
 from tests.support.plugin_host import hclog_problems, wait_all_gone
 from tests.support.rootfs import HELM_PLUGIN_PATH, Container, glibc_version, spire_tmp, uid_of
+from tests.support.rootfs import ROOT as REPO
 from tests.support.signatures import digest_of, verify
 
 # The hash SPIRE uses with each key type for its CA and JWT signatures.
@@ -32,9 +33,11 @@ def _wait_empty(directory: Path, timeout: float) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("root", ROOTS)
-def test_serves_every_key_type_as_uid_1000(make_box: MakeBox, emulator: EmulatorControl, root: str) -> None:
-    box = make_box(root)
+@pytest.mark.parametrize(("root", "arch"), PLATFORMS)
+def test_serves_every_key_type_as_uid_1000(
+    make_box: MakeBox, emulator: EmulatorControl, root: str, arch: str
+) -> None:
+    box = make_box(root, arch=arch)
     with box.start(container_env(emulator.url)) as plugin:
         pids = plugin.all_pids()
         assert len(pids) == 3, "staticx's bootloader, PyInstaller's bootloader and Python"
@@ -57,11 +60,11 @@ def test_serves_every_key_type_as_uid_1000(make_box: MakeBox, emulator: Emulator
     assert box.leftovers() == [], "left behind in /tmp"
 
 
-@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize(("root", "arch"), PLATFORMS)
 def test_sigkill_of_the_process_spire_started_leaves_nothing_behind(
-    make_box: MakeBox, emulator: EmulatorControl, root: str
+    make_box: MakeBox, emulator: EmulatorControl, root: str, arch: str
 ) -> None:
-    box = make_box(root)
+    box = make_box(root, arch=arch)
     with box.start(container_env(emulator.url)) as plugin:
         plugin.configure(COMMUNITY_CONFIG)
         plugin.generate_key("x509-CA-A", km.EC_P256)
@@ -79,7 +82,7 @@ def test_the_debian11_root_is_a_glibc_2_31_system_where_a_plain_build_fails(
     # What makes this root a judge: it is the Debian 11 generation, and PyInstaller's output alone (the
     # binary before staticx wraps it, as main shipped it before) cannot start there.
     assert glibc_version(debian11_root) == "2.31"
-    dynamic = Path(__file__).resolve().parents[2] / "build" / "pyinstaller" / "aws-kms-keymanager.dynamic"
+    dynamic = REPO / "build" / "pyinstaller" / "amd64" / "aws-kms-keymanager.dynamic"
     assert dynamic.is_file(), f"{dynamic} is missing: scripts/build.sh leaves it there"
     binds = (Bind(spire_tmp(base), "/tmp"), Bind(dynamic, HELM_PLUGIN_PATH, read_only=True))
     container = Container(debian11_root, binds)
