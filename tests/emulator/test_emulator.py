@@ -18,7 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore import UNSIGNED
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -726,6 +729,39 @@ def test_call_counters_count_kms_and_sts_calls(kms: Any, control: EmulatorContro
     assert control.calls() == {"ListKeys": 2, "DescribeKey": 1, "GetCallerIdentity": 1}
     control.reset_calls()
     assert control.calls() == {}
+
+
+def test_callers_name_the_credentials_each_call_was_signed_with(control: EmulatorControl) -> None:
+    """A test can tell which credentials a client used, and which ones STS handed out, never the tokens."""
+    control.reset_calls()
+    role_arn = "arn:aws:iam::123456789012:role/spire-server"
+    issued = control.sts_client().assume_role(RoleArn=role_arn, RoleSessionName="spire")["Credentials"]
+    as_role = boto3.session.Session(
+        aws_access_key_id=issued["AccessKeyId"],
+        aws_secret_access_key=issued["SecretAccessKey"],
+        aws_session_token=issued["SessionToken"],
+        region_name="us-east-1",
+    ).client("kms", endpoint_url=control.url)
+    as_role.list_keys()
+    token = "eyJhbGciOiJSUzI1NiJ9.irsa-test-token.sig"
+    unsigned = boto3.session.Session(region_name="us-east-1").client(
+        "sts", endpoint_url=control.url, config=Config(signature_version=UNSIGNED)
+    )
+    unsigned.assume_role_with_web_identity(RoleArn=role_arn, RoleSessionName="irsa", WebIdentityToken=token)
+    callers = control.callers()
+    assert [(c["operation"], c["access_key_id"], c["session_token"]) for c in callers] == [
+        ("AssumeRole", "testing", False),
+        ("ListKeys", issued["AccessKeyId"], True),
+        ("AssumeRoleWithWebIdentity", None, False),
+    ]
+    assert callers[0]["issued_access_key_id"] == issued["AccessKeyId"]
+    assert callers[0]["role_arn"] == role_arn
+    assert callers[2]["web_identity_token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert callers[2]["issued_access_key_id"].startswith("ASIA")
+    assert token not in json.dumps(callers)
+    assert control.access_key_ids("ListKeys") == [issued["AccessKeyId"]]
+    control.reset_calls()
+    assert control.callers() == []
 
 
 def test_clock_offset_moves_creation_dates(kms: Any, control: EmulatorControl) -> None:

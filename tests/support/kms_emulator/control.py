@@ -98,7 +98,18 @@ class EmulatorControl:
         return {str(k): int(v) for k, v in self._request("GET", "calls").items()}
 
     def reset_calls(self) -> None:
+        """Zero the counters and forget the callers."""
         self._request("DELETE", "calls")
+
+    def callers(self) -> list[dict[str, Any]]:
+        """Who made each AWS call since start or the last reset, oldest first (the last 10,000): operation,
+        access_key_id (None when unsigned), session_token (sent or not), and for STS calls that hand out
+        credentials issued_access_key_id, role_arn and web_identity_token_sha256."""
+        return list(self._request("GET", "callers"))
+
+    def access_key_ids(self, operation: str) -> list[str | None]:
+        """The access key id of each call of `operation`, in order."""
+        return [c["access_key_id"] for c in self.callers() if c["operation"] == operation]
 
     def reset(self) -> None:
         """Empty every moto backend, clear faults and counters, and set the clock offset back to 0."""

@@ -12,7 +12,10 @@ Control API (all bodies JSON):
                             {"operation": "Sign", "status": 503, "body": ""} (any status from 200)
   DELETE /_emulator/faults
   GET    /_emulator/calls   -> {"Sign": 12, "CreateKey": 2, ...}
-  DELETE /_emulator/calls
+  DELETE /_emulator/calls   (and the callers below)
+  GET    /_emulator/callers -> [{"operation": "Sign", "access_key_id": "ASIA...", "session_token": true,
+                               "issued_access_key_id": null, "role_arn": null,
+                               "web_identity_token_sha256": null}, ...] (oldest first, the last 10,000)
   POST   /_emulator/reset   (moto state, faults, counters and clock)
   GET    /_emulator/clock   -> {"offset_seconds": 0.0, "now": 1700000000.0}
   POST   /_emulator/clock   {"offset_seconds": 1209600}
@@ -20,12 +23,15 @@ Control API (all bodies JSON):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
+import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
@@ -111,6 +117,71 @@ class CallCounter:
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+
+
+# SigV4: "AWS4-HMAC-SHA256 Credential=<access key id>/<date>/<region>/<service>/aws4_request, ...".
+_SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+# What STS hands out, in its XML answer to AssumeRole, AssumeRoleWithWebIdentity and GetSessionToken.
+_ISSUED_ACCESS_KEY = re.compile(rb"<AccessKeyId>([^<]+)</AccessKeyId>")
+_MAX_CALLERS = 10_000
+
+
+@dataclass
+class Caller:
+    """Who made one AWS call: the access key id it was signed with (None when unsigned, as
+    AssumeRoleWithWebIdentity is), whether it carried a session token, and for STS calls that hand out
+    credentials, which ones and for what. Web identity tokens are bearer secrets: only their SHA-256 is
+    kept, enough for a test to tell which token reached STS."""
+
+    operation: str
+    access_key_id: str | None
+    session_token: bool
+    issued_access_key_id: str | None = None
+    role_arn: str | None = None
+    web_identity_token_sha256: str | None = None
+
+
+class CallerLog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callers: deque[Caller] = deque(maxlen=_MAX_CALLERS)
+
+    def add(self, caller: Caller) -> None:
+        with self._lock:
+            self._callers.append(caller)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(c) for c in self._callers]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._callers.clear()
+
+
+def _form_params(environ: WSGIEnviron) -> dict[str, list[str]]:
+    """A query-protocol call's parameters; aws_operation has already put its body in a BytesIO."""
+    params = parse_qs(str(environ.get("QUERY_STRING", "")))
+    stream = environ.get("wsgi.input")
+    if isinstance(stream, io.BytesIO):
+        params.update(parse_qs(stream.getvalue().decode("utf-8", "replace")))
+    return params
+
+
+def caller_of(environ: WSGIEnviron, operation: str) -> Caller:
+    match = _SIGV4_ACCESS_KEY.search(str(environ.get("HTTP_AUTHORIZATION", "")))
+    caller = Caller(
+        operation=operation,
+        access_key_id=match.group(1) if match else None,
+        session_token=bool(environ.get("HTTP_X_AMZ_SECURITY_TOKEN")),
+    )
+    if not _is_json_protocol(environ):
+        params = _form_params(environ)
+        caller.role_arn = params.get("RoleArn", [None])[0]
+        token = params.get("WebIdentityToken", [None])[0]
+        if token is not None:
+            caller.web_identity_token_sha256 = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return caller
 
 
 class ControlError(Exception):
@@ -262,6 +333,7 @@ class EmulatorMiddleware:
         self._moto_lock = threading.RLock()
         self.faults = FaultQueue()
         self.calls = CallCounter()
+        self.callers = CallerLog()
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
@@ -269,8 +341,11 @@ class EmulatorMiddleware:
             return self._control(environ, start_response, path)
 
         operation = aws_operation(environ)
+        caller: Caller | None = None
         if operation is not None:
             self.calls.increment(operation)  # faulted calls count too: the client did send them
+            caller = caller_of(environ, operation)
+            self.callers.add(caller)
             fault = self.faults.take(operation)
             if fault is not None:
                 if fault.delay_ms:
@@ -284,7 +359,11 @@ class EmulatorMiddleware:
                     status, headers, body = _aws_error_response(environ, fault)
                     start_response(status, headers)
                     return [body]
-        return self._call_moto(environ, start_response)
+        answer = self._call_moto(environ, start_response)
+        if caller is not None and caller.operation.startswith(("AssumeRole", "GetSessionToken")):
+            issued = _ISSUED_ACCESS_KEY.search(b"".join(answer))
+            caller.issued_access_key_id = issued.group(1).decode() if issued else None
+        return answer
 
     def _call_moto(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         if _is_json_protocol(environ):
@@ -323,6 +402,7 @@ class EmulatorMiddleware:
                 "DELETE": self._delete_faults,
             },
             "calls": {"GET": lambda _: self.calls.snapshot(), "DELETE": self._delete_calls},
+            "callers": {"GET": lambda _: self.callers.snapshot()},
             "reset": {"POST": self._post_reset},
             "clock": {"GET": lambda _: self._clock_state(), "POST": self._post_clock},
         }
@@ -355,6 +435,7 @@ class EmulatorMiddleware:
 
     def _delete_calls(self, _: WSGIEnviron) -> Any:
         self.calls.reset()
+        self.callers.reset()
         return {}
 
     def _post_reset(self, _: WSGIEnviron) -> Any:
@@ -363,6 +444,7 @@ class EmulatorMiddleware:
             self._reset_backends()
         self._clock.reset()
         self.calls.reset()
+        self.callers.reset()
         return {"reset": True}
 
     def _clock_state(self) -> dict[str, float]:
