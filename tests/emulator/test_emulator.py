@@ -756,9 +756,12 @@ def test_callers_name_the_credentials_each_call_was_signed_with(control: Emulato
     ]
     assert callers[0]["issued_access_key_id"] == issued["AccessKeyId"]
     assert callers[0]["role_arn"] == role_arn
+    secret_sha256 = hashlib.sha256(issued["SecretAccessKey"].encode()).hexdigest()
+    assert callers[0]["issued_secret_access_key_sha256"] == secret_sha256
     assert callers[2]["web_identity_token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
     assert callers[2]["issued_access_key_id"].startswith("ASIA")
     assert token not in json.dumps(callers)
+    assert issued["SecretAccessKey"] not in json.dumps(callers)
     assert control.access_key_ids("ListKeys") == [issued["AccessKeyId"]]
     control.reset_calls()
     assert control.callers() == []

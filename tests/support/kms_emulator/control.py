@@ -104,7 +104,8 @@ class EmulatorControl:
     def callers(self) -> list[dict[str, Any]]:
         """Who made each AWS call since start or the last reset, oldest first (the last 10,000): operation,
         access_key_id (None when unsigned), session_token (sent or not), and for STS calls that hand out
-        credentials issued_access_key_id, role_arn and web_identity_token_sha256."""
+        credentials issued_access_key_id, role_arn, web_identity_token_sha256 and
+        issued_secret_access_key_sha256 (secrets only as their SHA-256)."""
         return list(self._request("GET", "callers"))
 
     def access_key_ids(self, operation: str) -> list[str | None]:

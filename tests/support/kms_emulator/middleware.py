@@ -15,7 +15,8 @@ Control API (all bodies JSON):
   DELETE /_emulator/calls   (and the callers below)
   GET    /_emulator/callers -> [{"operation": "Sign", "access_key_id": "ASIA...", "session_token": true,
                                "issued_access_key_id": null, "role_arn": null,
-                               "web_identity_token_sha256": null}, ...] (oldest first, the last 10,000)
+                               "web_identity_token_sha256": null, "issued_secret_access_key_sha256": null},
+                               ...] (oldest first, the last 10,000)
   POST   /_emulator/reset   (moto state, faults, counters and clock)
   GET    /_emulator/clock   -> {"offset_seconds": 0.0, "now": 1700000000.0}
   POST   /_emulator/clock   {"offset_seconds": 1209600}
@@ -123,6 +124,7 @@ class CallCounter:
 _SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
 # What STS hands out, in its XML answer to AssumeRole, AssumeRoleWithWebIdentity and GetSessionToken.
 _ISSUED_ACCESS_KEY = re.compile(rb"<AccessKeyId>([^<]+)</AccessKeyId>")
+_ISSUED_SECRET_KEY = re.compile(rb"<SecretAccessKey>([^<]+)</SecretAccessKey>")
 _MAX_CALLERS = 10_000
 
 
@@ -130,8 +132,8 @@ _MAX_CALLERS = 10_000
 class Caller:
     """Who made one AWS call: the access key id it was signed with (None when unsigned, as
     AssumeRoleWithWebIdentity is), whether it carried a session token, and for STS calls that hand out
-    credentials, which ones and for what. Web identity tokens are bearer secrets: only their SHA-256 is
-    kept, enough for a test to tell which token reached STS."""
+    credentials, which ones and for what. Secrets (web identity tokens, the secret keys handed out) are kept
+    only as their SHA-256: enough for a test to tell which token reached STS, or to find a secret in a log."""
 
     operation: str
     access_key_id: str | None
@@ -139,6 +141,7 @@ class Caller:
     issued_access_key_id: str | None = None
     role_arn: str | None = None
     web_identity_token_sha256: str | None = None
+    issued_secret_access_key_sha256: str | None = None
 
 
 class CallerLog:
@@ -361,8 +364,12 @@ class EmulatorMiddleware:
                     return [body]
         answer = self._call_moto(environ, start_response)
         if caller is not None and caller.operation.startswith(("AssumeRole", "GetSessionToken")):
-            issued = _ISSUED_ACCESS_KEY.search(b"".join(answer))
+            body = b"".join(answer)
+            issued = _ISSUED_ACCESS_KEY.search(body)
             caller.issued_access_key_id = issued.group(1).decode() if issued else None
+            secret = _ISSUED_SECRET_KEY.search(body)
+            if secret is not None:
+                caller.issued_secret_access_key_sha256 = hashlib.sha256(secret.group(1)).hexdigest()
         return answer
 
     def _call_moto(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
