@@ -767,6 +767,35 @@ def test_callers_name_the_credentials_each_call_was_signed_with(control: Emulato
     assert control.callers() == []
 
 
+def test_sts_duration_sets_the_lifetime_of_handed_out_role_credentials(control: EmulatorControl) -> None:
+    sts = control.sts_client()
+    role_arn = "arn:aws:iam::123456789012:role/spire-server"
+
+    def lifetime(**request: Any) -> float:
+        expiration = sts.assume_role(RoleArn=role_arn, RoleSessionName="spire", **request)["Credentials"]
+        return float(expiration["Expiration"].timestamp() - time.time())
+
+    assert abs(lifetime() - 3600) < 60
+    control.set_sts_duration(920)
+    try:
+        assert abs(lifetime() - 920) < 60
+        assert abs(lifetime(DurationSeconds=7200) - 920) < 60
+        with HTTP.open(f"{control.url}/_emulator/sts", timeout=5) as response:
+            assert json.loads(response.read()) == {"duration_seconds": 920}
+        for bad in (899, 43201, "920"):
+            request = urllib.request.Request(
+                f"{control.url}/_emulator/sts",
+                data=json.dumps({"duration_seconds": bad}).encode(),
+                method="POST",
+            )
+            with pytest.raises(urllib.error.HTTPError) as excinfo:
+                HTTP.open(request, timeout=5)
+            assert excinfo.value.code == 400, bad
+    finally:
+        control.set_sts_duration(None)
+    assert abs(lifetime(DurationSeconds=7200) - 7200) < 60
+
+
 def test_clock_offset_moves_creation_dates(kms: Any, control: EmulatorControl) -> None:
     two_weeks = 14 * DAY
     control.set_clock_offset(two_weeks)
@@ -795,8 +824,11 @@ def test_reset_clears_state_faults_counters_and_clock(
     new_key(kms)
     control.add_fault("Decrypt", error="ThrottlingException", count=-1)
     control.set_clock_offset(DAY)
+    control.set_sts_duration(900)
     control.reset()
     signing_keys.forget()
+    with HTTP.open(f"{control.url}/_emulator/sts", timeout=5) as response:
+        assert json.loads(response.read()) == {"duration_seconds": None}
     assert control.faults() == []
     assert control.calls() == {}
     assert control.clock_offset() == 0

@@ -120,6 +120,11 @@ class EmulatorControl:
         """Emulator "now" = real now + seconds (absolute, not cumulative)."""
         self._request("POST", "clock", {"offset_seconds": seconds})
 
+    def set_sts_duration(self, seconds: int | None) -> None:
+        """AssumeRole and AssumeRoleWithWebIdentity hand out credentials that expire after `seconds`
+        (900 to 43200), whatever the request asked; None: as asked (moto's default, 1 hour). reset() too."""
+        self._request("POST", "sts", {"duration_seconds": seconds})
+
     def clock_offset(self) -> float:
         return float(self._request("GET", "clock")["offset_seconds"])
 

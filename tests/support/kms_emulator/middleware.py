@@ -20,6 +20,10 @@ Control API (all bodies JSON):
   POST   /_emulator/reset   (moto state, faults, counters and clock)
   GET    /_emulator/clock   -> {"offset_seconds": 0.0, "now": 1700000000.0}
   POST   /_emulator/clock   {"offset_seconds": 1209600}
+  GET    /_emulator/sts     -> {"duration_seconds": null}
+  POST   /_emulator/sts     {"duration_seconds": 920}: AssumeRole and AssumeRoleWithWebIdentity hand out
+                            credentials that expire after that long, whatever the request asked (null: as
+                            asked, else moto's 1 hour), as a role whose maximum session is short would
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from xml.sax.saxutils import escape
 
 from .clock import EmulatorClock
@@ -126,6 +130,8 @@ _SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
 _ISSUED_ACCESS_KEY = re.compile(rb"<AccessKeyId>([^<]+)</AccessKeyId>")
 _ISSUED_SECRET_KEY = re.compile(rb"<SecretAccessKey>([^<]+)</SecretAccessKey>")
 _MAX_CALLERS = 10_000
+# The operations whose credentials' lifetime POST /_emulator/sts sets.
+_ROLE_OPERATIONS = ("AssumeRole", "AssumeRoleWithWebIdentity")
 
 
 @dataclass
@@ -169,6 +175,16 @@ def _form_params(environ: WSGIEnviron) -> dict[str, list[str]]:
     if isinstance(stream, io.BytesIO):
         params.update(parse_qs(stream.getvalue().decode("utf-8", "replace")))
     return params
+
+
+def _set_form_param(environ: WSGIEnviron, name: str, value: str) -> None:
+    """Rewrite one parameter of a query-protocol call's form body before moto reads it."""
+    params = _form_params(environ)
+    params[name] = [value]
+    body = urlencode(params, doseq=True).encode("utf-8")
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded; charset=utf-8"
 
 
 def caller_of(environ: WSGIEnviron, operation: str) -> Caller:
@@ -337,6 +353,7 @@ class EmulatorMiddleware:
         self.faults = FaultQueue()
         self.calls = CallCounter()
         self.callers = CallerLog()
+        self.sts_duration_seconds: int | None = None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
@@ -349,6 +366,8 @@ class EmulatorMiddleware:
             self.calls.increment(operation)  # faulted calls count too: the client did send them
             caller = caller_of(environ, operation)
             self.callers.add(caller)
+            if operation in _ROLE_OPERATIONS and self.sts_duration_seconds is not None:
+                _set_form_param(environ, "DurationSeconds", str(self.sts_duration_seconds))
             fault = self.faults.take(operation)
             if fault is not None:
                 if fault.delay_ms:
@@ -412,6 +431,7 @@ class EmulatorMiddleware:
             "callers": {"GET": lambda _: self.callers.snapshot()},
             "reset": {"POST": self._post_reset},
             "clock": {"GET": lambda _: self._clock_state(), "POST": self._post_clock},
+            "sts": {"GET": lambda _: self._sts_state(), "POST": self._post_sts},
         }
         handlers = routes.get(resource)
         if handlers is None:
@@ -452,6 +472,7 @@ class EmulatorMiddleware:
         self._clock.reset()
         self.calls.reset()
         self.callers.reset()
+        self.sts_duration_seconds = None
         return {"reset": True}
 
     def _clock_state(self) -> dict[str, float]:
@@ -464,3 +485,19 @@ class EmulatorMiddleware:
             raise ControlError(400, "offset_seconds must be a number")
         self._clock.set_offset(float(offset))
         return self._clock_state()
+
+    def _sts_state(self) -> dict[str, int | None]:
+        return {"duration_seconds": self.sts_duration_seconds}
+
+    def _post_sts(self, environ: WSGIEnviron) -> Any:
+        body = self._json_body(environ)
+        if not isinstance(body, dict) or "duration_seconds" not in body:
+            raise ControlError(400, 'expected {"duration_seconds": N or null}')
+        duration = body["duration_seconds"]
+        if duration is not None:
+            # STS's own bounds for a role session: 15 minutes to 12 hours.
+            duration = _int_field(body, "duration_seconds", 0)
+            if not 900 <= duration <= 43200:
+                raise ControlError(400, "duration_seconds must be from 900 to 43200, or null")
+        self.sts_duration_seconds = duration
+        return self._sts_state()
