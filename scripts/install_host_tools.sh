@@ -6,13 +6,15 @@
 #   objcopy, readelf (binutils) staticx wraps the binary (scripts/build.sh)
 #   qemu-aarch64-static, update-binfmts (qemu-user-static, binfmt-support)
 #                               the arm64 binary is built and tested under qemu-user (scripts/build_root.sh)
+#   systemd-analyze (systemd)   checks packaging/systemd/spire-server.service (tests/portable/test_systemd_unit.py)
+#   strace       (strace)       lists the plugin's system calls against that unit's filter (same test)
 #
 # Needs root and apt-get when something is missing; does nothing otherwise.
 set -euo pipefail
 
 missing=()
 for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils \
-    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support; do
+    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support systemd-analyze:systemd strace:strace; do
     tool=${pair%%:*}
     # debootstrap and update-binfmts live in /usr/sbin, which a non-login PATH may lack.
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${pair#*:}")

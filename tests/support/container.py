@@ -1,7 +1,8 @@
 """Runs a command inside a root file system the way a container runtime runs a container, without one.
 
     python -m tests.support.container --root ROOT --bind HOST_DIR:/tmp --bind-ro BINARY:/plugins/x \\
-        [--pid-namespace] [--uid 1000 --gid 1000] -- /plugins/x ARGS...
+        [--pid-namespace] [--uid 1000 --gid 1000] [--bind-noexec HOST_DIR:/DIR] [--proc-options OPTIONS] \\
+        [--no-new-privileges] [--memory-deny-write-execute] -- /plugins/x ARGS...
 
 As root on the host, in a mount namespace of its own (nothing it mounts is seen outside, and all of it goes
 when the last process inside exits):
@@ -12,6 +13,13 @@ when the last process inside exits):
   not be writable), read-only for --bind-ro;
 - then it changes root, drops to the uid/gid (no supplementary groups, hence no capabilities) and execs the
   command with this process's environment.
+
+What systemd's sandbox adds, for its units (packaging/systemd): --bind-noexec mounts a writable bind
+`noexec` (NoExecPaths=); --proc-options mounts /proc with those options (ProtectProc=invisible is
+`hidepid=invisible`, ProcSubset=pid is `subset=pid`); --no-new-privileges sets no_new_privs
+(NoNewPrivileges=yes); --memory-deny-write-execute also installs the seccomp filter systemd installs for
+MemoryDenyWriteExecute=yes (x86-64): mmap asking for writable and executable memory at once, mprotect and
+pkey_mprotect asking for executable memory, and shmat with SHM_EXEC fail with EPERM.
 
 Without --pid-namespace the command replaces this process: the pid a test spawned is the command's, as when
 SPIRE spawns a plugin. With it, this process stays outside, and the command runs as pid 1 of a new pid
@@ -26,7 +34,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import platform
 import signal
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +51,10 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
 
 # What Docker, containerd and CRI-O put in a container's /dev besides pts, mqueue and the console.
 CONTAINER_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -68,13 +82,14 @@ class Bind:
     source: Path
     destination: str  # inside the root
     read_only: bool = False
+    no_exec: bool = False
 
     @classmethod
-    def parse(cls, spec: str, read_only: bool) -> Bind:
+    def parse(cls, spec: str, read_only: bool, no_exec: bool = False) -> Bind:
         source, sep, destination = spec.partition(":")
         if not sep or not destination.startswith("/"):
             raise argparse.ArgumentTypeError(f"{spec!r} is not HOST_PATH:/PATH_IN_ROOT")
-        return cls(Path(source).resolve(), destination, read_only)
+        return cls(Path(source).resolve(), destination, read_only, no_exec)
 
 
 def _mount_point(root: Path, destination: str, like: Path) -> str:
@@ -88,10 +103,11 @@ def _mount_point(root: Path, destination: str, like: Path) -> str:
     return str(target)
 
 
-def _bind(source: str, target: str, read_only: bool) -> None:
+def _bind(source: str, target: str, read_only: bool, no_exec: bool = False) -> None:
     _mount(source, target, None, MS_BIND | MS_REC)
-    if read_only:
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+    if read_only or no_exec:
+        flags = (MS_RDONLY | MS_NOSUID if read_only else 0) | (MS_NOEXEC if no_exec else 0)
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
 
 
 def _make_container_fs(root: Path, binds: list[Bind]) -> None:
@@ -110,26 +126,102 @@ def _make_container_fs(root: Path, binds: list[Bind]) -> None:
     _mount("shm", str(root / "dev" / "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
     _mount(None, str(root), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     for bind, target in points:
-        _bind(str(bind.source), target, bind.read_only)
+        _bind(str(bind.source), target, bind.read_only, bind.no_exec)
 
 
-def _enter(root: Path, uid: int, gid: int, command: list[str]) -> None:
+@dataclass(frozen=True)
+class Sandbox:
+    """What systemd adds to a unit's processes beyond the file system (see the module docstring)."""
+
+    proc_options: str | None = None
+    no_new_privileges: bool = False
+    memory_deny_write_execute: bool = False
+
+
+# Classic BPF, as seccomp takes it: struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}.
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JSET_K, _BPF_AND_K, _BPF_RET_K = 0x20, 0x15, 0x45, 0x54, 0x06
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_EPERM = 0x00050000 | 1
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X86_64_MMAP, _X86_64_MPROTECT, _X86_64_SHMAT, _X86_64_PKEY_MPROTECT = 9, 10, 30, 329
+_PROT_WRITE, _PROT_EXEC, _SHM_EXEC = 0x2, 0x4, 0o100000
+_ARCH_OFFSET, _NR_OFFSET, _ARG2_OFFSET = 4, 0, 16 + 2 * 8  # struct seccomp_data; args are u64, little-endian
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def memory_deny_write_execute_filter() -> list[bytes]:
+    """systemd's MemoryDenyWriteExecute=yes rules (src/shared/seccomp-util.c), for x86-64. Jumps are
+    relative: to instruction i + 1 + offset."""
+    deny, allow = 15, 16
+    return [
+        _insn(_BPF_LD_W_ABS, _ARCH_OFFSET),  # 0
+        _insn(_BPF_JEQ_K, _AUDIT_ARCH_X86_64, 0, allow - 2),  # 1: another ABI is not filtered
+        _insn(_BPF_LD_W_ABS, _NR_OFFSET),  # 2
+        _insn(_BPF_JEQ_K, _X86_64_MMAP, 8 - 4, 0),  # 3 -> 8
+        _insn(_BPF_JEQ_K, _X86_64_MPROTECT, 11 - 5, 0),  # 4 -> 11
+        _insn(_BPF_JEQ_K, _X86_64_PKEY_MPROTECT, 11 - 6, 0),  # 5 -> 11
+        _insn(_BPF_JEQ_K, _X86_64_SHMAT, 13 - 7, 0),  # 6 -> 13
+        _insn(_BPF_RET_K, _SECCOMP_RET_ALLOW),  # 7
+        _insn(_BPF_LD_W_ABS, _ARG2_OFFSET),  # 8: mmap's prot
+        _insn(_BPF_AND_K, _PROT_WRITE | _PROT_EXEC),  # 9
+        _insn(_BPF_JEQ_K, _PROT_WRITE | _PROT_EXEC, deny - 11, allow - 11),  # 10
+        _insn(_BPF_LD_W_ABS, _ARG2_OFFSET),  # 11: mprotect's prot
+        _insn(_BPF_JSET_K, _PROT_EXEC, deny - 13, allow - 13),  # 12
+        _insn(_BPF_LD_W_ABS, _ARG2_OFFSET),  # 13: shmat's flags
+        _insn(_BPF_JSET_K, _SHM_EXEC, deny - 15, allow - 15),  # 14
+        _insn(_BPF_RET_K, _SECCOMP_RET_EPERM),  # 15 deny
+        _insn(_BPF_RET_K, _SECCOMP_RET_ALLOW),  # 16 allow
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _prctl(option: int, arg: int, what: str) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), what)
+
+
+def _apply_sandbox(sandbox: Sandbox) -> None:
+    if sandbox.no_new_privileges or sandbox.memory_deny_write_execute:
+        # An unprivileged process may install a seccomp filter only under no_new_privs.
+        _prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
+    if sandbox.memory_deny_write_execute:
+        if platform.machine() != "x86_64":
+            raise OSError(
+                f"--memory-deny-write-execute knows x86-64's system calls, not {platform.machine()}'s"
+            )
+        program = memory_deny_write_execute_filter()
+        buffer = ctypes.create_string_buffer(b"".join(program))
+        fprog = _SockFprog(len(program), ctypes.cast(buffer, ctypes.c_void_p))
+        _check(
+            _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+            "prctl(PR_SET_SECCOMP)",
+        )
+
+
+def _enter(root: Path, uid: int, gid: int, command: list[str], sandbox: Sandbox) -> None:
     # The /proc of the pid namespace the command will be in: mounted by a process inside it.
-    _mount("proc", str(root / "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount("proc", str(root / "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, sandbox.proc_options)
     os.chdir(root)
     os.chroot(".")
     os.chdir("/")
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    # Last: the filter applies to every system call from here on, this process's execve included.
+    _apply_sandbox(sandbox)
     os.execve(command[0], command, dict(os.environ))
 
 
-def _run_as_pid1(root: Path, uid: int, gid: int, command: list[str]) -> int:
+def _run_as_pid1(root: Path, uid: int, gid: int, command: list[str], sandbox: Sandbox) -> int:
     child = os.fork()
     if child == 0:
         try:
-            _enter(root, uid, gid, command)
+            _enter(root, uid, gid, command, sandbox)
         finally:
             os._exit(127)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +235,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--bind", action="append", default=[], type=lambda s: Bind.parse(s, False))
     parser.add_argument("--bind-ro", action="append", default=[], type=lambda s: Bind.parse(s, True))
+    parser.add_argument(
+        "--bind-noexec", action="append", default=[], type=lambda s: Bind.parse(s, False, no_exec=True)
+    )
+    parser.add_argument("--proc-options")
+    parser.add_argument("--no-new-privileges", action="store_true")
+    parser.add_argument("--memory-deny-write-execute", action="store_true")
     parser.add_argument("--uid", type=int, default=1000)
     parser.add_argument("--gid", type=int, default=1000)
     parser.add_argument("--pid-namespace", action="store_true")
@@ -152,10 +250,11 @@ def main(argv: list[str]) -> int:
 
     flags = CLONE_NEWNS | (CLONE_NEWPID if args.pid_namespace else 0)
     _check(_libc.unshare(flags), "unshare")
-    _make_container_fs(root, [*args.bind, *args.bind_ro])
+    sandbox = Sandbox(args.proc_options, args.no_new_privileges, args.memory_deny_write_execute)
+    _make_container_fs(root, [*args.bind, *args.bind_ro, *args.bind_noexec])
     if args.pid_namespace:
-        return _run_as_pid1(root, args.uid, args.gid, args.command)
-    _enter(root, args.uid, args.gid, args.command)
+        return _run_as_pid1(root, args.uid, args.gid, args.command, sandbox)
+    _enter(root, args.uid, args.gid, args.command, sandbox)
     return 127  # not reached: execve either replaced this process or raised
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.container import Bind
+from tests.support.container import Bind, Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 # SPIRE's images run spire-server as this user; it owns /tmp there, and nothing else is writable.
@@ -115,14 +115,24 @@ class Container:
     # the spawned process, so the pid a test spawns is the command's (as when SPIRE spawns a plugin).
     pid_namespace: bool = False
     python: str = field(default=sys.executable)
+    # systemd's process sandbox on top (tests/support/container.py): /proc options, no_new_privs, and the
+    # MemoryDenyWriteExecute seccomp filter.
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         command = [self.python, "-m", "tests.support.container", "--root", str(self.root)]
         command += ["--uid", str(self.uid), "--gid", str(self.gid)]
         for bind in self.binds:
-            command += ["--bind-ro" if bind.read_only else "--bind", f"{bind.source}:{bind.destination}"]
+            option = "--bind-ro" if bind.read_only else "--bind-noexec" if bind.no_exec else "--bind"
+            command += [option, f"{bind.source}:{bind.destination}"]
         if self.pid_namespace:
             command.append("--pid-namespace")
+        if self.sandbox.proc_options is not None:
+            command += ["--proc-options", self.sandbox.proc_options]
+        if self.sandbox.no_new_privileges:
+            command.append("--no-new-privileges")
+        if self.sandbox.memory_deny_write_execute:
+            command.append("--memory-deny-write-execute")
         return [*command, "--", *argv]
 
     def host_path(self, inside: str) -> str:
