@@ -193,6 +193,34 @@ def test_irsa_web_identity_token_is_exchanged_at_sts_and_kms_is_used_as_the_role
         assert_no_secret_key_logged(log, handed_out["issued_secret_access_key_sha256"])
 
 
+def test_irsa_token_refused_by_sts_fails_configure_naming_sts_and_no_secret(
+    start_chain: StartChain, emulator: EmulatorControl, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token = jwt_like("untrusted")
+    token_file.write_text(token)
+    # What STS answers when the role does not trust the cluster's OIDC provider, or the token is stale.
+    emulator.add_fault(
+        "AssumeRoleWithWebIdentity",
+        error="InvalidIdentityToken",
+        message="Couldn't retrieve verification key from your identity provider",
+        count=-1,
+    )
+    plugin = start_chain(AWS_ROLE_ARN=IRSA_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_file))
+    with pytest.raises(grpc.RpcError) as raised:
+        plugin.configure(f'region = "{REGION}"\n')
+    error = raised.value
+    assert isinstance(error, grpc.Call)
+    assert error.details() == (
+        'failed to load the keys under "alias/SPIRE_SERVER_KEY/": '
+        "KMS ListAliases (STS AssumeRoleWithWebIdentity) returned InvalidIdentityToken: "
+        "Couldn't retrieve verification key from your identity provider"
+    )
+    assert {c["operation"] for c in emulator.callers()} == {"AssumeRoleWithWebIdentity"}
+    assert plugin.is_running()
+    assert_not_logged(stderr_of(plugin), token)
+
+
 # -- EKS Pod Identity: AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE -----------
 
 
