@@ -6,9 +6,10 @@ systemd is not PID 1 here, so the unit cannot be started; instead:
 - the unit's sandbox settings are read from the file and turned into what they do to the processes, and a
   real spire-server with the real plugin runs under them (tests/support/container.py): the whole file
   system read-only but the data directory and a private /tmp (ProtectSystem=strict, ReadWritePaths=,
-  PrivateTmp=), as uid 1000 (User=spire), /proc mounted `hidepid=invisible` (ProtectProc=invisible), no new
-  privileges (NoNewPrivileges=), systemd's MemoryDenyWriteExecute= seccomp filter, the unit's Environment=,
-  stopped by SIGTERM to spire-server alone (KillMode=mixed);
+  PrivateTmp=), as uid 1000 (User=spire), a /dev of null, zero, full, random, urandom and tty
+  (PrivateDevices=), /proc mounted `hidepid=invisible,subset=pid` (ProtectProc=invisible, ProcSubset=pid),
+  no new privileges (NoNewPrivileges=), systemd's MemoryDenyWriteExecute= seccomp filter, the unit's
+  Environment=, stopped by SIGTERM to spire-server alone (KillMode=mixed);
 - every system call spire-server and the plugin make, as uid 1000, is in the unit's SystemCallFilter=, as
   systemd expands it (strace, through a plugin session of its own and through spire-server's start, a
   mint and its stop);
