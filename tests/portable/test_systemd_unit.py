@@ -11,8 +11,9 @@ systemd is not PID 1 here, so the unit cannot be started; instead:
   no new privileges (NoNewPrivileges=), systemd's MemoryDenyWriteExecute= seccomp filter, the unit's
   Environment=, stopped by SIGTERM to spire-server alone (KillMode=mixed);
 - every system call spire-server and the plugin make, as uid 1000, is in the unit's SystemCallFilter=, as
-  systemd expands it (strace, through a plugin session of its own and through spire-server's start, a
-  mint and its stop);
+  systemd expands it, every socket is of a family RestrictAddressFamilies= allows, and none asks for a
+  namespace (strace, through a plugin session of its own and through spire-server's start, a mint and its
+  stop);
 - a /tmp mounted noexec (what NoExecPaths=/tmp would do) stops the plugin from starting: the unit must not.
 """
 
@@ -346,9 +347,22 @@ def test_every_system_call_of_the_plugin_is_in_the_units_filter(
             verify(key.pkix_data, signature, km.SHA256, None)
         plugin.configure(COMMUNITY_CONFIG)  # SIGUSR1's path: Configure again
         assert plugin.shutdown() == 0
-    made = set(re.findall(r"^\d+ +(?:<\.\.\. )?([a-z0-9_]+)[( ]", trace.read_text(), re.MULTILINE))
+    text = trace.read_text()
+    made = set(re.findall(r"^\d+ +(?:<\.\.\. )?([a-z0-9_]+)[( ]", text, re.MULTILINE))
     assert {"execve", "mmap", "socket", "connect", "sendto"} <= made  # the trace saw the session
     assert sorted(made - allowed) == []
+    assert_within_address_families_and_namespaces(text)
+
+
+def assert_within_address_families_and_namespaces(trace: str) -> None:
+    """RestrictAddressFamilies= and RestrictNamespaces=yes, as the trace shows them: every socket made is of a
+    family the unit allows, and no process asked for a namespace of its own."""
+    settings = service_settings()
+    families = set(re.findall(r"socket\((AF_[A-Z0-9]+)", trace))
+    assert "AF_INET" in families  # KMS was reached
+    assert sorted(families - set(one(settings, "RestrictAddressFamilies").split())) == []
+    assert one(settings, "RestrictNamespaces") == "yes"
+    assert sorted(set(re.findall(r"CLONE_NEW[A-Z]+", trace))) == []
 
 
 def syscalls_after_exec(trace: str, program: str) -> set[str]:
@@ -389,6 +403,8 @@ def test_every_system_call_of_spire_server_and_the_plugin_is_in_the_units_filter
         # KillMode=mixed: SIGTERM to spire-server alone (strace passes its exit status on).
         os.kill(traced, signal.SIGTERM)
         assert server.wait_exit(30) == 0, server.log_tail()
-    made = syscalls_after_exec(trace.read_text(), str(spire_binary))
+    text = trace.read_text()
+    made = syscalls_after_exec(text, str(spire_binary))
     assert {"execve", "mmap", "socket", "connect", "bind", "listen"} <= made  # the trace saw the run
     assert sorted(made - allowed) == []
+    assert_within_address_families_and_namespaces(text[text.index(f'execve("{spire_binary}"') :])
