@@ -232,8 +232,8 @@ def test_memory_deny_write_execute_filter_refuses_what_systemd_refuses() -> None
     systemd, while mapping executable memory that is not writable (loading a library) is not."""
     probe = (
         "import mmap, sys\n"
-        "from tests.support.container import Sandbox, _apply_sandbox\n"
-        "_apply_sandbox(Sandbox(memory_deny_write_execute=True))\n"
+        "from tests.support.container import Sandbox, apply_sandbox\n"
+        "apply_sandbox(Sandbox(memory_deny_write_execute=True))\n"
         "mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC)\n"
         "try:\n"
         "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"

@@ -185,7 +185,8 @@ def _prctl(option: int, arg: int, what: str) -> None:
     _check(_libc.prctl(option, arg, 0, 0, 0), what)
 
 
-def _apply_sandbox(sandbox: Sandbox) -> None:
+def apply_sandbox(sandbox: Sandbox) -> None:
+    """Sets no_new_privs and installs the seccomp filter in this process, for good and for what it execs."""
     if sandbox.no_new_privileges or sandbox.memory_deny_write_execute:
         # An unprivileged process may install a seccomp filter only under no_new_privs.
         _prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
@@ -213,7 +214,7 @@ def _enter(root: Path, uid: int, gid: int, command: list[str], sandbox: Sandbox)
     os.setgid(gid)
     os.setuid(uid)
     # Last: the filter applies to every system call from here on, this process's execve included.
-    _apply_sandbox(sandbox)
+    apply_sandbox(sandbox)
     os.execve(command[0], command, dict(os.environ))
 
 
