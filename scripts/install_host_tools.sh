@@ -6,13 +6,16 @@
 #   objcopy, readelf (binutils) staticx wraps the binary (scripts/build.sh)
 #   qemu-aarch64-static, update-binfmts (qemu-user-static, binfmt-support)
 #                               the arm64 binary is built and tested under qemu-user (scripts/build_root.sh)
+#   aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu)
+#                               an arm64 spire-server is cross-compiled for the tests (install_spire.sh)
 #
 # Needs root and apt-get when something is missing; does nothing otherwise.
 set -euo pipefail
 
 missing=()
 for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils \
-    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support; do
+    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
+    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu; do
     tool=${pair%%:*}
     # debootstrap and update-binfmts live in /usr/sbin, which a non-login PATH may lack.
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${pair#*:}")

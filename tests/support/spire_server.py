@@ -86,21 +86,23 @@ def install_spire(
     version: str = SPIRE_VERSION,
     timeout: float = INSTALL_TIMEOUT,
     progress: Callable[[str], None] | None = None,
+    arch: str = "amd64",
 ) -> Installed:
     """Runs scripts/install_spire.sh (idempotent) for `version` and returns the spire-server it printed.
 
     `progress` gets the installer's own messages as they come (a cold install takes minutes).
-    SPIRE_SERVER_BINARY, when it is a spire-server of `version`, is used instead.
+    SPIRE_SERVER_BINARY, when it is a spire-server of `version`, is used instead (for amd64).
+    `arch` arm64 cross-compiles one that runs here under qemu-user.
     """
     override = os.environ.get("SPIRE_SERVER_BINARY")
-    if override and version_of(Path(override)).startswith(version.removeprefix("v")):
+    if arch == "amd64" and override and version_of(Path(override)).startswith(version.removeprefix("v")):
         return Installed(Path(override), 0.0)
     started = time.monotonic()
     stderr_tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(
         [str(INSTALL_SCRIPT)],
         cwd=ROOT,
-        env={**os.environ, "SPIRE_VERSION": version},
+        env={**os.environ, "SPIRE_VERSION": version, "SPIRE_ARCH": arch},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
