@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     from plugin import goplugin, service
 
     services = service.PluginServices.create()
-    return goplugin.serve(services.register, on_stop=services.stop)
+    return goplugin.serve(services.register, on_stop=services.stop, host_services=services.host_services)
 
 
 if __name__ == "__main__":
