@@ -113,14 +113,14 @@ class RecordingMetrics(metrics_pb2_grpc.MetricsServicer):
     def label_sets(self, key: Key) -> set[LabelSet]:
         return {c.labels for c in self.snapshot() if c.key == key}
 
-    def keys(self) -> set[Key]:
+    def metric_keys(self) -> set[Key]:
         return {c.key for c in self.snapshot()}
 
     def wait_for(self, condition: Callable[[RecordingMetrics], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition(self):
             if time.monotonic() >= deadline:
-                keys = sorted(".".join(key) for key in self.keys())
+                keys = sorted(".".join(key) for key in self.metric_keys())
                 raise AssertionError(f"metrics not as expected within {timeout:g} s; keys so far: {keys}")
             time.sleep(0.05)
 
