@@ -118,8 +118,9 @@ class HostMetrics:
 
     # -- the sender ----------------------------------------------------------------------------------
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Send what is queued (within `timeout`) and stop."""
+    def stop(self, timeout: float = 0.5) -> None:
+        """Stop sending. What is queued is let go: SPIRE closes its host services before it asks the
+        plugin to shut down, and has the process killed 2 s later."""
         self._stopped.set()
         self._thread.join(timeout)
         channel = self._channel
@@ -137,17 +138,15 @@ class HostMetrics:
 
     def _run(self) -> None:
         stub = self._connect()
-        while True:
-            stopping = self._stopped.wait(self._flush_seconds)
+        while not self._stopped.wait(self._flush_seconds):
             samples = self._drain()
-            if stub is not None:
-                try:
-                    self._send(stub, samples)
-                except Exception:
-                    # A bug here must not end telemetry silently, nor ever reach a caller.
-                    log.exception("Sending metrics to SPIRE failed")
-            if stopping:
-                return
+            if stub is None:
+                continue
+            try:
+                self._send(stub, samples)
+            except Exception:
+                # A bug here must not end telemetry silently, nor ever reach a caller.
+                log.exception("Sending metrics to SPIRE failed")
 
     def _connect(self) -> Any:
         try:

@@ -84,8 +84,13 @@ def _require_key_id(key_id: str) -> None:
 
 
 class InitService(init_pb2_grpc.InitServicer):
-    def __init__(self, on_host_services: Callable[[list[str]], None] = lambda names: None) -> None:
+    def __init__(
+        self,
+        on_host_services: Callable[[list[str]], None] = lambda names: None,
+        on_deinit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._on_host_services = on_host_services
+        self._on_deinit = on_deinit
 
     def Init(self, request: init_pb2.InitRequest, context: grpc.ServicerContext) -> init_pb2.InitResponse:
         try:
@@ -98,6 +103,8 @@ class InitService(init_pb2_grpc.InitServicer):
     def Deinit(
         self, request: init_pb2.DeinitRequest, context: grpc.ServicerContext
     ) -> init_pb2.DeinitResponse:
+        # SPIRE closes its host services right after: stop reporting to them first, quietly.
+        self._on_deinit()
         return init_pb2.DeinitResponse()
 
 
@@ -240,7 +247,9 @@ class PluginServices:
     def register(self, server: grpc.Server) -> None:
         # Bytes that are no request are refused INVALID_ARGUMENT before a servicer runs, not INTERNAL.
         tolerant = TolerantServer(server)
-        init_pb2_grpc.add_InitServicer_to_server(InitService(self.use_host_services), tolerant)
+        init_pb2_grpc.add_InitServicer_to_server(
+            InitService(self.use_host_services, self.stop_metrics), tolerant
+        )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self.keys, self.kms_factory), tolerant)
         keymanager_pb2_grpc.add_KeyManagerServicer_to_server(KeyManagerService(self.keys), tolerant)
 
@@ -254,8 +263,12 @@ class PluginServices:
         self.keys.report_state()
         log.debug("Reporting metrics to SPIRE")
 
-    def stop(self) -> None:
-        self.keys.stop()
+    def stop_metrics(self) -> None:
         target = self.metrics.target
+        self.metrics.connect(NO_METRICS)
         if isinstance(target, HostMetrics):
             target.stop()
+
+    def stop(self) -> None:
+        self.keys.stop()
+        self.stop_metrics()

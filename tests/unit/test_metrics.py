@@ -14,11 +14,14 @@ import pytest
 
 from plugin import hostmetrics, metrics
 from plugin.algorithms import KeyType
+from plugin.goplugin import HostServices as Announced
 from plugin.hostmetrics import HostMetrics
 from plugin.keymanager import KeyManager, KeySettings
 from plugin.lifecycle import DeletionQueue
 from plugin.metrics import Key, Labels, Relay
 from plugin.naming import CommunityScheme
+from plugin.service import PluginServices
+from proto_gen.goplugin import broker_pb2
 from tests.support.fake_kms import FakeKms
 from tests.support.host_services import HostServices
 
@@ -258,3 +261,34 @@ def test_without_an_announced_address_nothing_is_sent_and_nothing_fails(
     assert [r.getMessage() for r in caplog.records if r.name == "metrics"] == [
         "SPIRE offered its Metrics host service but announced no address; metrics are not sent"
     ]
+
+
+# -- wiring: the broker's announcement and Init's list of host services ---------------------------------
+
+
+def test_the_host_services_address_is_the_one_spire_announces_on_the_broker() -> None:
+    unix = Announced()
+    unix.announce(broker_pb2.ConnInfo(service_id=7, network="unix", address="/tmp/other"))
+    unix.announce(broker_pb2.ConnInfo(service_id=1, network="unix", address="/tmp/plugin123"))
+    assert unix.target(0.0) == "unix:/tmp/plugin123"
+    tcp = Announced()
+    tcp.announce(broker_pb2.ConnInfo(service_id=1, network="tcp", address="127.0.0.1:10001"))
+    assert tcp.target(0.0) == "127.0.0.1:10001"
+    began = time.monotonic()
+    assert Announced().target(0.2) is None
+    assert time.monotonic() - began >= 0.2
+
+
+def test_metrics_go_to_spire_only_when_init_lists_its_metrics_host_service() -> None:
+    without = PluginServices.create()
+    with_metrics = PluginServices.create()
+    try:
+        without.use_host_services(["spire.hostservice.server.agentstore.v1.AgentStore"])
+        with_metrics.use_host_services(["spire.hostservice.common.metrics.v1.Metrics"])
+        assert without.metrics.target is metrics.NO_METRICS
+        assert isinstance(with_metrics.metrics.target, HostMetrics)
+        with_metrics.stop_metrics()
+        assert with_metrics.metrics.target is metrics.NO_METRICS
+    finally:
+        without.stop()
+        with_metrics.stop()
