@@ -104,6 +104,25 @@ def test_throttled_signatures_count_throttles_retries_and_one_successful_call(
     assert recorder.counted(CREATE_KEY, OK) == 1.0
 
 
+def test_throttles_and_retries_of_other_operations_are_theirs(emulator: EmulatorControl) -> None:
+    # Every operation but Sign goes through botocore's client and its retry events.
+    recorder = Recorder()
+    kms = adapter(emulator.url, recorder)
+    emulator.add_fault("CreateKey", count=1)
+    emulator.add_fault("ListAliases", error="InternalServiceException", status=500, message="oops", count=1)
+    with deadline.scope(30):
+        kms.create_key("ECC_NIST_P256", "metrics test", {}, None)
+        list(kms.list_aliases())
+    list_aliases = ("server_key_manager", "aws_kms", "kms", "list_aliases")
+    assert recorder.counted((*CREATE_KEY, "throttle")) == 1.0
+    assert recorder.counted((*CREATE_KEY, "retry"), THROTTLED) == 1.0
+    assert recorder.counted(CREATE_KEY, OK) == 1.0
+    assert recorder.counted((*list_aliases, "throttle")) == 0.0
+    assert recorder.counted((*list_aliases, "retry"), (("status", "InternalServiceException"),)) == 1.0
+    assert recorder.counted(list_aliases, OK) == 1.0
+    assert recorder.counted((*SIGN, "retry"), THROTTLED) == 0.0
+
+
 def test_a_refusal_is_counted_by_its_aws_code_and_not_retried(emulator: EmulatorControl) -> None:
     recorder = Recorder()
     kms = adapter(emulator.url, recorder)
