@@ -67,6 +67,10 @@ def main(argv: list[str]) -> int:
     from plugin import log
 
     log.setup()
+    # gRPC's C core logs in its own format on stderr, at info level things such as a GOAWAY from SPIRE's
+    # host-services server; SPIRE would take each line for a raw debug message. Errors still show. Read
+    # when gRPC loads, so set first; an operator's own setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # Imported only now, so a human asking for --help does not wait for gRPC to load.
     from plugin import goplugin, service
 
