@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.e2e.conftest import COMMUNITY_PREFIX, MakeServer, ours
 from tests.support.kms_emulator import EmulatorControl
-from tests.support.spire_server import ServerSettings, SpireServer, aliases_under, free_port
+from tests.support.spire_server import REGION, ServerSettings, SpireServer, aliases_under, free_port
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -97,5 +97,24 @@ def test_spire_shows_the_plugins_metrics(
             value(s, "spire_server_server_key_manager_aws_kms_kms_sign", status="AccessDeniedException")
             == 1.0
         ),
+    )
+    assert server.stop() == 0
+
+
+def test_spire_shows_the_heartbeat_and_disposal_passes(make_server: MakeServer, plugin_binary: Path) -> None:
+    plugin_data = {"region": REGION, "key_identifier_value": "server1"}
+    settings = ServerSettings(prometheus_port=free_port())
+    server = make_server(ours(plugin_binary, plugin_data), settings=settings).start()
+    samples = scrape_until(
+        server,
+        lambda s: (
+            value(s, "spire_server_server_key_manager_aws_kms_heartbeat", status="OK") == 1.0
+            and value(s, "spire_server_server_key_manager_aws_kms_disposal", status="OK") == 1.0
+        ),
+    )
+    assert value(samples, "spire_server_server_key_manager_aws_kms_disposal_keys_scheduled") == 0.0
+    assert (
+        value(samples, "spire_server_server_key_manager_aws_kms_heartbeat_elapsed_time_count", status="OK")
+        == 1.0
     )
     assert server.stop() == 0
