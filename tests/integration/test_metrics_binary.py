@@ -13,7 +13,7 @@ import pytest
 from proto_gen.spire.keymanager import keymanager_pb2 as km
 from tests.integration.conftest import COMMUNITY_CONFIG, REGION, plugin_env
 from tests.support.host_services import HostServices
-from tests.support.kms_emulator import EmulatorControl
+from tests.support.kms_emulator import DUMMY_SECRET_ACCESS_KEY, EmulatorControl
 from tests.support.plugin_host import PluginProcess, hclog_problems, start_plugin
 
 DIGEST = hashlib.sha256(b"metrics").digest()
@@ -50,6 +50,10 @@ def test_kms_calls_keys_and_breaker_reach_spire(
         assert metrics.counter((*PREFIX, "kms", "list_aliases"), OK) >= 1.0
         assert metrics.gauge((*PREFIX, "kms", "circuit_breaker_open")) == 0.0
         assert metrics.gauge((*PREFIX, "deletions_pending")) == 0.0
+        # Labels carry codes: no secret, no key ARN or alias.
+        told = repr(metrics.snapshot())
+        assert DUMMY_SECRET_ACCESS_KEY not in told
+        assert "arn:" not in told and "alias/" not in told
         # Every metric keeps one set of label names (SPIRE's Prometheus endpoint fails otherwise).
         for key in metrics.metric_keys():
             assert len({frozenset(name for name, _ in labels) for labels in metrics.label_sets(key)}) == 1, (

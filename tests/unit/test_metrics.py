@@ -3,6 +3,7 @@ without ever holding up the caller."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -14,10 +15,11 @@ import pytest
 
 from plugin import hostmetrics, metrics
 from plugin.algorithms import KeyType
+from plugin.clock import SYSTEM_CLOCK
 from plugin.goplugin import HostServices as Announced
 from plugin.hostmetrics import HostMetrics
 from plugin.keymanager import KeyManager, KeySettings
-from plugin.lifecycle import DeletionQueue
+from plugin.lifecycle import DeletionQueue, PeriodicRunner, PeriodicTask
 from plugin.metrics import Key, Labels, Relay
 from plugin.naming import CommunityScheme
 from plugin.service import PluginServices
@@ -125,6 +127,32 @@ def test_keys_managed_and_deletions_pending_are_gauges() -> None:
         keys.stop()
     assert recorder.gauges(metrics.KEYS) == [0.0, 1.0, 2.0, 2.0]
     assert recorder.gauges(metrics.DELETIONS_PENDING) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("outcome", ["failures", "exception"])
+def test_a_background_pass_that_failed_is_counted_as_failed(outcome: str) -> None:
+    recorder = Recorder()
+    stopped = threading.Event()
+
+    def disposal() -> int:
+        stopped.set()
+        if outcome == "exception":
+            raise RuntimeError("a bug")
+        return 2
+
+    runner = PeriodicRunner(
+        [PeriodicTask("disposal", datetime.timedelta(hours=1), disposal)],
+        SYSTEM_CLOCK,
+        stopped,
+        datetime.timedelta(minutes=1),
+        metrics=recorder,
+    )
+    assert runner.join(5.0)
+    disposal_key = ("server_key_manager", "aws_kms", "disposal")
+    assert recorder.reports == [
+        ("counter", disposal_key, 1.0, (("status", "Failed"),)),
+        ("sample", (*disposal_key, "elapsed_time"), 0.0, (("status", "Failed"),)),
+    ]
 
 
 # -- the host-service client --------------------------------------------------------------------------
