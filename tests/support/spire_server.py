@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -214,6 +215,8 @@ class ServerSettings:
     log_level: str = "DEBUG"
     # More settings of the server block, e.g. {"disable_jwt_svids": True}.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # SPIRE's Prometheus telemetry endpoint on 127.0.0.1 at this port (telemetry { Prometheus { ... } }).
+    prometheus_port: int | None = None
 
 
 def aws_env(emulator_url: str, credentials: bool = True) -> dict[str, str]:
@@ -450,7 +453,30 @@ class SpireServer:
             "    }\n"
             f"{self.keymanager.render()}"
             "}\n"
+            f"{self._render_telemetry()}"
         )
+
+    def _render_telemetry(self) -> str:
+        port = self.settings.prometheus_port
+        if port is None:
+            return ""
+        return (
+            "telemetry {\n"
+            "    Prometheus {\n"
+            '        host = "127.0.0.1"\n'
+            f"        port = {port}\n"
+            "    }\n"
+            "}\n"
+        )
+
+    def prometheus_metrics(self) -> str:
+        """The text SPIRE's Prometheus endpoint serves now (no proxy: it is on loopback)."""
+        port = self.settings.prometheus_port
+        if port is None:
+            raise RuntimeError("this server has no Prometheus endpoint (ServerSettings.prometheus_port)")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            return str(answer.read().decode("utf-8"))
 
     # -- life cycle ------------------------------------------------------------------------------------
 
