@@ -67,11 +67,15 @@ def main(argv: list[str]) -> int:
     from plugin import log
 
     log.setup()
+    # gRPC's C core logs in its own format on stderr, at info level things such as a GOAWAY from SPIRE's
+    # host-services server; SPIRE would take each line for a raw debug message. Errors still show. Read
+    # when gRPC loads, so set first; an operator's own setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # Imported only now, so a human asking for --help does not wait for gRPC to load.
     from plugin import goplugin, service
 
     services = service.PluginServices.create()
-    return goplugin.serve(services.register, on_stop=services.stop)
+    return goplugin.serve(services.register, on_stop=services.stop, host_services=services.host_services)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ import botocore.session
 from botocore.retries import standard
 
 from plugin import deadline
+from plugin import metrics as plugin_metrics
 from plugin.errors import one_line
-from plugin.kmsapi import UNPARSEABLE, KmsError
+from plugin.kmsapi import UNPARSEABLE, KmsError, is_throttling
 from plugin.log import get_logger
+from plugin.metrics import NO_METRICS, Metrics, observe_failed_attempt
 
 log = get_logger("aws")
 
@@ -128,8 +130,13 @@ class Breaker:
     fail at once except one probe per interval, and any answer from KMS closes it again."""
 
     def __init__(
-        self, threshold: int = 3, probe_interval: float = 1.0, now: Callable[[], float] = time.monotonic
+        self,
+        threshold: int = 3,
+        probe_interval: float = 1.0,
+        now: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] = lambda is_open: None,
     ) -> None:
+        self._on_change = on_change
         self._threshold = threshold
         self._probe_interval = probe_interval
         self._now = now
@@ -159,11 +166,13 @@ class Breaker:
             if self._failures == self._threshold:
                 self._next_probe = self._now() + self._probe_interval
                 log.warn("KMS is unreachable; failing fast until it answers again", error=error)
+                self._on_change(True)
 
     def success(self) -> None:
         with self._lock:
             if self._failures >= self._threshold:
                 log.info("KMS is reachable again")
+                self._on_change(False)
             self._failures = 0
 
 
@@ -272,8 +281,9 @@ def unparseable_error(parsed: Any, operation: Any) -> tuple[str, str] | None:
 class _Policy:
     """botocore event handlers carrying the retry, deadline and fast-fail rules."""
 
-    def __init__(self, breaker: Breaker) -> None:
+    def __init__(self, breaker: Breaker, metrics: Metrics = NO_METRICS) -> None:
         self._breaker = breaker
+        self._metrics = metrics
 
     def register(self, client: Any, service: str) -> None:
         events = client.meta.events
@@ -335,6 +345,9 @@ class _Policy:
             attempts, http, parsed, caught_exception, operation
         )
         delay = retry_delay(retryable, attempts, deadline.remaining(), backoff_seconds(attempts))
+        if operation is not None:
+            throttled = http is not None and (http.status_code == 429 or is_throttling(code))
+            observe_failed_attempt(self._metrics, operation.name, code, throttled, delay is not None)
         if delay is not None:
             log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))
             if request_dict is not None:
@@ -421,10 +434,12 @@ def _base_session(settings: ClientSettings) -> boto3.session.Session:
     )
 
 
-def _assumed_role_session(base: boto3.session.Session, settings: ClientSettings, breaker: Breaker) -> Any:
+def _assumed_role_session(
+    base: boto3.session.Session, settings: ClientSettings, breaker: Breaker, metrics: Metrics
+) -> Any:
     assert settings.assume_role is not None
     sts = base.client("sts", config=_client_config(settings))
-    _Policy(breaker).register(sts, "sts")
+    _Policy(breaker, metrics).register(sts, "sts")
     session = _botocore_session()
     session.set_config_variable("region", settings.region)
     resolver = botocore.credentials.CredentialResolver(
@@ -438,20 +453,28 @@ class AwsClients:
     """The clients of one configuration: KMS, and on demand the other services the plugin calls (STS,
     the tagging API), all with the same credentials and failure policy. Only KMS takes `endpoint`."""
 
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, metrics: Metrics = NO_METRICS) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._session = _base_session(settings)
         if settings.assume_role is not None:
-            self._session = _assumed_role_session(self._session, settings, Breaker())
+            self._session = _assumed_role_session(self._session, settings, Breaker(), metrics)
+
+        def breaker_changed(is_open: bool) -> None:
+            metrics.set_gauge(plugin_metrics.CIRCUIT_BREAKER_OPEN, 1.0 if is_open else 0.0)
+
         # Shared with the lean Sign path (`plugin.signpath`): one endpoint, one judgement of whether it is up.
-        self.kms_breaker = Breaker()
+        self.kms_breaker = Breaker(on_change=breaker_changed)
+        breaker_changed(False)
         self.kms = self._make("kms", settings.endpoint, self.kms_breaker)
         self._others: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def _make(self, service: str, endpoint: str | None = None, breaker: Breaker | None = None) -> Any:
         client = self._session.client(service, endpoint_url=endpoint, config=_client_config(self._settings))
-        _Policy(breaker or Breaker()).register(client, client.meta.service_model.service_id.hyphenize())
+        _Policy(breaker or Breaker(), self._metrics).register(
+            client, client.meta.service_model.service_id.hyphenize()
+        )
         return client
 
     def client(self, service: str) -> Any:

@@ -62,15 +62,50 @@ class Stopper:
             cancelled.wait(PARENT_POLL_SECONDS)
 
 
+# The broker id under which SPIRE announces the server of its host services (spire-plugin-sdk's
+# HostServiceProviderID).
+HOST_SERVICES_ID = 1
+
+
+class HostServices:
+    """Where SPIRE serves its host services (Metrics among them): the address it announces once on the
+    broker stream, right after connecting. The plugin dials it as a plain gRPC client."""
+
+    def __init__(self) -> None:
+        self._announced = threading.Event()
+        self._target: str | None = None
+
+    def announce(self, info: broker_pb2.ConnInfo) -> None:
+        if info.service_id != HOST_SERVICES_ID or self._announced.is_set():
+            return
+        if info.network == "unix":
+            self._target = f"unix:{info.address}"
+        elif info.network == "tcp":
+            self._target = info.address
+        else:
+            log.warn("Host services announced on an unknown network", network=info.network)
+        self._announced.set()
+
+    def target(self, timeout: float) -> str | None:
+        """The gRPC target of SPIRE's host services, waiting up to `timeout` for the announcement (it may
+        come just after Init); None when none came."""
+        self._announced.wait(timeout)
+        return self._target
+
+
 class _Broker(broker_pb2_grpc.GRPCBrokerServicer):
-    """SPIRE announces its host-services server here once; a KeyManager needs none, but the stream must
-    stay open for the plugin's whole life or plugin loading fails."""
+    """SPIRE announces its host-services server here once; the stream must stay open for the plugin's
+    whole life or plugin loading fails."""
+
+    def __init__(self, host_services: HostServices) -> None:
+        self._host_services = host_services
 
     def StartStream(
         self, request_iterator: Iterator[broker_pb2.ConnInfo], context: grpc.ServicerContext
     ) -> Iterator[broker_pb2.ConnInfo]:
         for info in request_iterator:
             log.trace("Broker connection info received", service_id=info.service_id, network=info.network)
+            self._host_services.announce(info)
         return
         yield  # a generator that never answers
 
@@ -175,8 +210,10 @@ def serve(
     register_services: Callable[[grpc.Server], None],
     on_stop: Callable[[], None] = lambda: None,
     stdout: Any = None,
+    host_services: HostServices | None = None,
 ) -> int:
-    """Serve until told to stop; returns the process exit code."""
+    """Serve until told to stop; returns the process exit code. `host_services` learns where SPIRE
+    serves its host services."""
     launchers = Launchers.of_this_process()
     out = stdout or sys.stdout
     app_version = negotiate_protocol(dict(os.environ))
@@ -198,7 +235,7 @@ def serve(
     socket_path = os.path.join(socket_dir, "plugin.sock")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"))
     try:
-        broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(), server)
+        broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(host_services or HostServices()), server)
         stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(stopper), server)
         controller_pb2_grpc.add_GRPCControllerServicer_to_server(_Controller(stopper), server)
         health_pb2_grpc.add_HealthServicer_to_server(_Health(stopper), server)

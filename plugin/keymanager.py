@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from plugin import metrics as plugin_metrics
 from plugin.algorithms import KeyType, SignRequest, key_spec_for, key_type_for_spec, plan_signature
 from plugin.clock import SYSTEM_CLOCK, Clock
 from plugin.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PluginError, quoted
@@ -24,6 +25,7 @@ from plugin.keypolicy import NOT_A_ROLE_WARNING, default_key_policy
 from plugin.kmsapi import KeyDescription, Kms, KmsError, plugin_error
 from plugin.lifecycle import DeletionQueue, Housekeeper, Timings, mark_inactive
 from plugin.log import get_logger
+from plugin.metrics import NO_METRICS, Metrics
 from plugin.naming import TAG_KEY_ID, AliasScheme, BuiltinScheme, key_id_of, key_id_problem
 
 log = get_logger("keymanager")
@@ -256,9 +258,14 @@ class _StateView:
 
 class KeyManager:
     def __init__(
-        self, deletions: DeletionQueue, clock: Clock = SYSTEM_CLOCK, timings: Timings | None = None
+        self,
+        deletions: DeletionQueue,
+        clock: Clock = SYSTEM_CLOCK,
+        timings: Timings | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._deletions = deletions
+        self._metrics = metrics
         self._clock = clock
         self._timings = timings or Timings()
         self._state: _State | None = None
@@ -293,6 +300,7 @@ class KeyManager:
                 settings.discovers_by_tag,
                 self._clock,
                 self._timings,
+                self._metrics,
             )
         with self._locks_lock:
             self._loads.remove(load)
@@ -304,12 +312,23 @@ class KeyManager:
             previous.stop()
         if housekeeper is not None:
             housekeeper.start()
+        self._report_keys()
         log.info(
             "Keys loaded from KMS",
             count=len(state.keys),
             alias_prefix=scheme.alias_prefix,
             tag_discovery=settings.discovers_by_tag,
         )
+
+    def _report_keys(self) -> None:
+        state = self._state
+        if state is not None:
+            self._metrics.set_gauge(plugin_metrics.KEYS, float(len(state.keys)))
+
+    def report_state(self) -> None:
+        """Report the gauges as they are now (to a sink connected late)."""
+        self._report_keys()
+        self._deletions.report_state()
 
     @property
     def housekeeper(self) -> Housekeeper | None:
@@ -493,6 +512,7 @@ class KeyManager:
         for state in states:
             with state.lock:
                 state.keys = {**state.keys, key.key_id: key}
+        self._report_keys()
 
     def stop(self) -> None:
         with self._locks_lock:

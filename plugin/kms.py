@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from plugin import config as plugin_config
+from plugin import metrics as plugin_metrics
 from plugin.awsclient import AssumeRole, AwsClients, ClientSettings, translate
 from plugin.kmsapi import (
     UNPARSEABLE,
@@ -20,6 +21,7 @@ from plugin.kmsapi import (
     PublicKey,
     TaggedResource,
 )
+from plugin.metrics import NO_METRICS, Metrics
 from plugin.signpath import LeanSigner
 
 T = TypeVar("T")
@@ -28,9 +30,8 @@ LIST_PAGE_SIZE = 100
 LIST_KEYS_PAGE_SIZE = 1000
 
 
-def _call(operation: str, fn: Callable[[], T]) -> T:
-    result: T = translate(operation, fn)
-    return result
+# The status of a call that failed with something other than a KMS error (a bug).
+UNKNOWN = "Unknown"
 
 
 def _required(answer: Mapping[str, Any], field: str, operation: str) -> Any:
@@ -45,12 +46,27 @@ def _required(answer: Mapping[str, Any], field: str, operation: str) -> Any:
 class Boto3Kms:
     """Implements `plugin.kmsapi.Kms` against AWS KMS (or any endpoint botocore is pointed at)."""
 
-    def __init__(self, settings: ClientSettings) -> None:
-        self._clients = AwsClients(settings)
+    def __init__(self, settings: ClientSettings, metrics: Metrics = NO_METRICS) -> None:
+        self._metrics = metrics
+        self._clients = AwsClients(settings, metrics)
         self._client: Any = self._clients.kms
         self._signer = LeanSigner.for_client(
-            self._client, self._clients.credentials(), self._clients.kms_breaker
+            self._client, self._clients.credentials(), self._clients.kms_breaker, metrics
         )
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """One AWS call, its failures as `KmsError`, reported as a call of `operation` (retries included)."""
+        start = plugin_metrics.now()
+        code = UNKNOWN
+        try:
+            result: T = translate(operation, fn)
+            code = plugin_metrics.OK
+            return result
+        except KmsError as err:
+            code = err.code
+            raise
+        finally:
+            plugin_metrics.observe_call(self._metrics, plugin_metrics.operation_key(operation), start, code)
 
     @property
     def endpoint_url(self) -> str:
@@ -65,7 +81,7 @@ class Boto3Kms:
         if key_id:
             request["KeyId"] = key_id
         while True:
-            page = _call("ListAliases", lambda: self._client.list_aliases(**request))
+            page = self._call("ListAliases", lambda: self._client.list_aliases(**request))
             for entry in page.get("Aliases", []):
                 yield Alias(
                     name=entry["AliasName"],
@@ -77,11 +93,11 @@ class Boto3Kms:
             request["Marker"] = page["NextMarker"]
 
     def describe_key(self, key_id: str) -> KeyDescription:
-        answer = _call("DescribeKey", lambda: self._client.describe_key(KeyId=key_id))
+        answer = self._call("DescribeKey", lambda: self._client.describe_key(KeyId=key_id))
         return _description(_required(answer, "KeyMetadata", "DescribeKey"))
 
     def get_public_key(self, key_id: str) -> PublicKey:
-        answer = _call("GetPublicKey", lambda: self._client.get_public_key(KeyId=key_id))
+        answer = self._call("GetPublicKey", lambda: self._client.get_public_key(KeyId=key_id))
         arn, der = (_required(answer, field, "GetPublicKey") for field in ("KeyId", "PublicKey"))
         return PublicKey(arn=arn, der=der, key_spec=answer.get("KeySpec", ""))
 
@@ -97,21 +113,21 @@ class Boto3Kms:
             request["Tags"] = [{"TagKey": k, "TagValue": v} for k, v in tags.items()]
         if policy is not None:
             request["Policy"] = policy
-        answer = _call("CreateKey", lambda: self._client.create_key(**request))
+        answer = self._call("CreateKey", lambda: self._client.create_key(**request))
         return _description(_required(answer, "KeyMetadata", "CreateKey"))
 
     def create_alias(self, alias_name: str, target_key_id: str) -> None:
-        _call(
+        self._call(
             "CreateAlias", lambda: self._client.create_alias(AliasName=alias_name, TargetKeyId=target_key_id)
         )
 
     def update_alias(self, alias_name: str, target_key_id: str) -> None:
-        _call(
+        self._call(
             "UpdateAlias", lambda: self._client.update_alias(AliasName=alias_name, TargetKeyId=target_key_id)
         )
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None:
-        _call(
+        self._call(
             "ScheduleKeyDeletion",
             lambda: self._client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=pending_window_days),
         )
@@ -119,8 +135,8 @@ class Boto3Kms:
     def sign(self, key_id: str, digest: bytes, signing_algorithm: str) -> bytes:
         signer = self._signer
         if signer is not None:
-            return _call("Sign", lambda: signer.sign(key_id, digest, signing_algorithm))
-        answer = _call(
+            return self._call("Sign", lambda: signer.sign(key_id, digest, signing_algorithm))
+        answer = self._call(
             "Sign",
             lambda: self._client.sign(
                 KeyId=key_id, Message=digest, MessageType="DIGEST", SigningAlgorithm=signing_algorithm
@@ -134,7 +150,7 @@ class Boto3Kms:
     def list_keys(self) -> Iterator[str]:
         request: dict[str, Any] = {"Limit": LIST_KEYS_PAGE_SIZE}
         while True:
-            page = _call("ListKeys", lambda: self._client.list_keys(**request))
+            page = self._call("ListKeys", lambda: self._client.list_keys(**request))
             for entry in page.get("Keys", []):
                 yield entry["KeyArn"]
             if not page.get("Truncated") or not page.get("NextMarker"):
@@ -142,11 +158,11 @@ class Boto3Kms:
             request["Marker"] = page["NextMarker"]
 
     def delete_alias(self, alias_name: str) -> None:
-        _call("DeleteAlias", lambda: self._client.delete_alias(AliasName=alias_name))
+        self._call("DeleteAlias", lambda: self._client.delete_alias(AliasName=alias_name))
 
     def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None:
         pairs = [{"TagKey": k, "TagValue": v} for k, v in tags.items()]
-        _call("TagResource", lambda: self._client.tag_resource(KeyId=key_id, Tags=pairs))
+        self._call("TagResource", lambda: self._client.tag_resource(KeyId=key_id, Tags=pairs))
 
     def get_resources(self, tag_filter: Mapping[str, Sequence[str]]) -> Iterator[TaggedResource]:
         tagging = self._clients.client("resourcegroupstaggingapi")
@@ -156,7 +172,7 @@ class Boto3Kms:
             "ResourcesPerPage": LIST_PAGE_SIZE,
         }
         while True:
-            page = _call("GetResources", lambda: tagging.get_resources(**request))
+            page = self._call("GetResources", lambda: tagging.get_resources(**request))
             for entry in page.get("ResourceTagMappingList", []):
                 tags = {tag["Key"]: tag.get("Value", "") for tag in entry.get("Tags", [])}
                 yield TaggedResource(arn=entry["ResourceARN"], tags=tags)
@@ -167,7 +183,7 @@ class Boto3Kms:
 
     def caller_identity(self) -> CallerIdentity:
         sts = self._clients.client("sts")
-        answer = _call("GetCallerIdentity", lambda: sts.get_caller_identity())
+        answer = self._call("GetCallerIdentity", lambda: sts.get_caller_identity())
         return CallerIdentity(account=str(answer["Account"]), arn=str(answer["Arn"]))
 
 

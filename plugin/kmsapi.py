@@ -156,6 +156,24 @@ _INVALID = {
     "InvalidParameterException",
 }
 
+# KMS (or STS, the tagging API) asking us to slow down; HTTP 429 means the same.
+_THROTTLING = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ThrottledException",
+    "RequestThrottledException",
+    "RequestThrottled",
+    "SlowDown",
+    "429",
+}
+
+
+def is_throttling(code: str) -> bool:
+    return code in _THROTTLING
+
+
 # Codes that mean a deletion is already done or under way: nothing left to retry.
 ALREADY_GONE = {"NotFoundException", "KMSInvalidStateException"}
 

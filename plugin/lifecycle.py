@@ -34,6 +34,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from plugin import metrics as plugin_metrics
 from plugin.clock import SYSTEM_CLOCK, Clock
 from plugin.disposal import (
     ORPHAN_AFTER,
@@ -51,6 +52,7 @@ from plugin.disposal import (
 )
 from plugin.kmsapi import ALREADY_GONE, Alias, Kms, KmsError
 from plugin.log import get_logger
+from plugin.metrics import NO_METRICS, Metrics
 from plugin.naming import TAG_ACTIVE, TAG_SERVER_ID, BuiltinScheme, key_id_of
 
 log = get_logger("lifecycle")
@@ -113,7 +115,10 @@ class DeletionQueue:
     or says the key is already gone or pending deletion. A deletion lost to a crash leaves an unaliased key
     that the disposal sweep finds later."""
 
-    def __init__(self, wait: Callable[[threading.Event, float], bool] | None = None) -> None:
+    def __init__(
+        self, wait: Callable[[threading.Event, float], bool] | None = None, metrics: Metrics = NO_METRICS
+    ) -> None:
+        self._metrics = metrics
         self._queue: queue.Queue[_Deletion | None] = queue.Queue()
         self._stopped = threading.Event()
         self._wait = wait or (lambda event, seconds: event.wait(seconds))
@@ -127,6 +132,8 @@ class DeletionQueue:
     ) -> None:
         with self._idle:
             self._pending += 1
+            pending = self._pending
+        self._metrics.set_gauge(plugin_metrics.DELETIONS_PENDING, float(pending))
         self._queue.put(_Deletion(kms, key_arn, window_days, reason, mark_inactive))
 
     def stop(self) -> None:
@@ -138,10 +145,17 @@ class DeletionQueue:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
+    def report_state(self) -> None:
+        with self._idle:
+            pending = self._pending
+        self._metrics.set_gauge(plugin_metrics.DELETIONS_PENDING, float(pending))
+
     def _done(self) -> None:
         with self._idle:
             self._pending -= 1
+            pending = self._pending
             self._idle.notify_all()
+        self._metrics.set_gauge(plugin_metrics.DELETIONS_PENDING, float(pending))
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -233,8 +247,10 @@ class Housekeeper:
         tag_discovery: bool = False,
         clock: Clock = SYSTEM_CLOCK,
         timings: Timings | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._kms = kms
+        self._metrics = metrics
         self._scheme = scheme
         self._view = view
         self._deletions = deletions
@@ -261,6 +277,7 @@ class Housekeeper:
             self._stopped,
             timings.first_retry,
             name=f"lifecycle-{self._scheme.server_id}",
+            metrics=self._metrics,
         )
         return self
 
@@ -302,6 +319,7 @@ class Housekeeper:
                         key_arn=current.key_arn,
                         error=str(err),
                     )
+        self._metrics.incr_counter(plugin_metrics.HEARTBEAT_KEYS_REFRESHED, float(refreshed))
         log.debug("Heartbeat done", refreshed=refreshed, failures=failures)
         return failures
 
@@ -357,6 +375,8 @@ class Housekeeper:
         else:
             done, failures = self._dispose_stale_aliases(now, rules, aliases)
         failures += self._sweep_orphans(now, rules, rules.ours | done.keys, aliases, done.aliases)
+        self._metrics.incr_counter(plugin_metrics.DISPOSAL_KEYS_SCHEDULED, float(len(done.keys)))
+        self._metrics.incr_counter(plugin_metrics.DISPOSAL_ALIASES_DELETED, float(len(done.aliases)))
         log.debug("Disposal done", keys=len(done.keys), aliases=len(done.aliases), failures=failures)
         return failures
 
@@ -584,7 +604,8 @@ class PeriodicTask:
 
 class PeriodicRunner:
     """One thread running each task at start and then once per period. A run that reports failures (or
-    raises) is logged and retried after `first_retry`, doubling up to the period."""
+    raises) is logged and retried after `first_retry`, doubling up to the period. Each run is reported as
+    a call named for its task, with status OK or Failed."""
 
     def __init__(
         self,
@@ -593,7 +614,9 @@ class PeriodicRunner:
         stopped: threading.Event,
         first_retry: datetime.timedelta,
         name: str = "lifecycle",
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._tasks = list(tasks)
         self._clock = clock
         self._stopped = stopped
@@ -648,9 +671,13 @@ class PeriodicRunner:
                 self._state.notify_all()
 
     def _run_once(self, task: PeriodicTask) -> bool:
+        start = plugin_metrics.now()
         try:
-            return task.run() > 0
+            failed = task.run() > 0
         except Exception:
             # A bug must not end the heartbeat for good: log it and try again later.
             log.exception("Background task failed", task=task.name)
-            return True
+            failed = True
+        status = plugin_metrics.FAILED if failed else plugin_metrics.OK
+        plugin_metrics.observe_call(self._metrics, (*plugin_metrics.PREFIX, task.name), start, status)
+        return failed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -18,9 +18,12 @@ from plugin import deadline
 from plugin import log as plugin_log
 from plugin.algorithms import parse_key_type
 from plugin.errors import ErrorKind, InvalidArgument, PluginError
+from plugin.goplugin import HostServices
+from plugin.hostmetrics import ADDRESS_WAIT_SECONDS, METRICS_SERVICE, HostMetrics
 from plugin.keymanager import KeyManager, KeySettings, ManagedKey
 from plugin.kmsapi import Kms
 from plugin.lifecycle import DeletionQueue
+from plugin.metrics import NO_METRICS, Metrics, Relay
 from plugin.naming import BuiltinScheme
 from plugin.rpcdecode import TolerantServer
 from proto_gen.spire.config import config_pb2, config_pb2_grpc
@@ -81,12 +84,27 @@ def _require_key_id(key_id: str) -> None:
 
 
 class InitService(init_pb2_grpc.InitServicer):
+    def __init__(
+        self,
+        on_host_services: Callable[[list[str]], None] = lambda names: None,
+        on_deinit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_host_services = on_host_services
+        self._on_deinit = on_deinit
+
     def Init(self, request: init_pb2.InitRequest, context: grpc.ServicerContext) -> init_pb2.InitResponse:
+        try:
+            self._on_host_services(list(request.host_service_names))
+        except Exception:
+            # Telemetry is optional: a failure to set it up must not keep SPIRE from loading the plugin.
+            log.exception("Setting up SPIRE's host services failed")
         return init_pb2.InitResponse(plugin_service_names=[KEYMANAGER_SERVICE, CONFIG_SERVICE])
 
     def Deinit(
         self, request: init_pb2.DeinitRequest, context: grpc.ServicerContext
     ) -> init_pb2.DeinitResponse:
+        # SPIRE closes its host services right after: stop reporting to them first, quietly.
+        self._on_deinit()
         return init_pb2.DeinitResponse()
 
 
@@ -194,29 +212,63 @@ class KeyManagerService(keymanager_pb2_grpc.KeyManagerServicer):
         return keymanager_pb2.SignDataResponse(signature=signature, key_fingerprint=key_fingerprint)
 
 
-def boto3_kms(config: plugin_config.Config) -> Kms:
+def boto3_kms(config: plugin_config.Config, metrics: Metrics = NO_METRICS) -> Kms:
     # Imported here, not at module level: boto3 takes a quarter of a second to import, and SPIRE is
     # waiting for the handshake line until the gRPC server is up.
     from plugin.kms import Boto3Kms, settings_for
 
-    return Boto3Kms(settings_for(config))
+    return Boto3Kms(settings_for(config), metrics)
 
 
 @dataclass
 class PluginServices:
     keys: KeyManager
     kms_factory: KmsFactory
+    metrics: Relay = field(default_factory=Relay)
+    host_services: HostServices = field(default_factory=HostServices)
 
     @classmethod
-    def create(cls, kms_factory: KmsFactory = boto3_kms) -> PluginServices:
-        return cls(keys=KeyManager(DeletionQueue()), kms_factory=kms_factory)
+    def create(
+        cls, kms_factory: KmsFactory | None = None, host_services: HostServices | None = None
+    ) -> PluginServices:
+        relay = Relay()
+        if kms_factory is None:
+
+            def kms_factory(config: plugin_config.Config) -> Kms:
+                return boto3_kms(config, relay)
+
+        return cls(
+            keys=KeyManager(DeletionQueue(metrics=relay), metrics=relay),
+            kms_factory=kms_factory,
+            metrics=relay,
+            host_services=host_services or HostServices(),
+        )
 
     def register(self, server: grpc.Server) -> None:
         # Bytes that are no request are refused INVALID_ARGUMENT before a servicer runs, not INTERNAL.
         tolerant = TolerantServer(server)
-        init_pb2_grpc.add_InitServicer_to_server(InitService(), tolerant)
+        init_pb2_grpc.add_InitServicer_to_server(
+            InitService(self.use_host_services, self.stop_metrics), tolerant
+        )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self.keys, self.kms_factory), tolerant)
         keymanager_pb2_grpc.add_KeyManagerServicer_to_server(KeyManagerService(self.keys), tolerant)
 
+    def use_host_services(self, names: list[str]) -> None:
+        """Init: report to SPIRE's Metrics host service when SPIRE offers it; otherwise report nowhere."""
+        if METRICS_SERVICE not in names or isinstance(self.metrics.target, HostMetrics):
+            return
+        host_services = self.host_services
+        self.metrics.connect(HostMetrics(lambda: host_services.target(ADDRESS_WAIT_SECONDS)))
+        # The state so far: reports made before SPIRE's Init went nowhere.
+        self.keys.report_state()
+        log.debug("Reporting metrics to SPIRE")
+
+    def stop_metrics(self) -> None:
+        target = self.metrics.target
+        self.metrics.connect(NO_METRICS)
+        if isinstance(target, HostMetrics):
+            target.stop()
+
     def stop(self) -> None:
         self.keys.stop()
+        self.stop_metrics()

@@ -44,8 +44,9 @@ from plugin.awsclient import (
     retry_delay,
     unparseable_error,
 )
-from plugin.kmsapi import UNPARSEABLE, KmsError
+from plugin.kmsapi import UNPARSEABLE, KmsError, is_throttling
 from plugin.log import get_logger
+from plugin.metrics import NO_METRICS, Metrics, observe_failed_attempt
 
 log = get_logger("aws")
 
@@ -119,7 +120,10 @@ class _ConnectFailed(Exception):
 class LeanSigner:
     """KMS Sign for one KMS client's endpoint, region and credentials."""
 
-    def __init__(self, client: Any, credentials: Any, breaker: Breaker) -> None:
+    def __init__(
+        self, client: Any, credentials: Any, breaker: Breaker, metrics: Metrics = NO_METRICS
+    ) -> None:
+        self._metrics = metrics
         self._operation_model = client.meta.service_model.operation_model(_OPERATION)
         self._url = resolved_endpoint(client)
         self._path = urlsplit(self._url).path or "/"
@@ -133,7 +137,9 @@ class LeanSigner:
         self._user_agent = f"{PLUGIN_NAME}/{__version__} botocore/{botocore.__version__}"
 
     @classmethod
-    def for_client(cls, client: Any, credentials: Any, breaker: Breaker) -> LeanSigner | None:
+    def for_client(
+        cls, client: Any, credentials: Any, breaker: Breaker, metrics: Metrics = NO_METRICS
+    ) -> LeanSigner | None:
         """The lean path for `client`'s Sign, or None where it would not behave as botocore does: a proxy
         between us and KMS, an endpoint whose rules ask for another signer."""
         try:
@@ -142,7 +148,7 @@ class LeanSigner:
             return None
         if botocore.utils.get_environ_proxies(url) or client.meta.config.proxies:
             return None
-        return cls(client, credentials, breaker)
+        return cls(client, credentials, breaker, metrics)
 
     def close(self) -> None:
         self._connections.close()
@@ -173,6 +179,7 @@ class LeanSigner:
                 return outcome
             code, text, retryable = outcome
             delay = retry_delay(retryable, attempts, deadline.remaining(), backoff_seconds(attempts))
+            observe_failed_attempt(self._metrics, _OPERATION, code, is_throttling(code), delay is not None)
             if delay is None:
                 raise KmsError(_OPERATION, code, text)
             log.debug("Retrying KMS call", code=code, attempt=attempts, delay_seconds=round(delay, 3))

@@ -6,9 +6,7 @@
 #
 # The root holds Debian's Python 3.11 (with its shared libpython, which PyInstaller bundles), gcc and musl
 # (pip builds staticx's bootloader from source: staticx publishes x86-64 wheels only), and /opt/venv with the
-# pinned requirements of scripts/requirements.py. It runs here through qemu-user: binfmt_misc is mounted and
-# qemu's handler enabled if they are not (needs root, qemu-user-static and binfmt-support, which
-# install_host_tools.sh installs).
+# pinned requirements of scripts/requirements.py. It runs here through qemu-user (scripts/qemu_binfmt.sh).
 #
 # Kept under ${BUILD_ROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager/build-roots}, named by a
 # hash of what goes into it: a change of pins or packages makes a new root and removes the old one. About
@@ -22,7 +20,7 @@ if [[ $# -ne 1 ]]; then
 fi
 arch=$1
 case $arch in
-arm64) qemu=aarch64 ;;
+arm64) ;;
 *)
     echo "build_root: no build root for architecture '$arch' (arm64 is the one made here)" >&2
     exit 2
@@ -36,23 +34,12 @@ packages=python3,python3-venv,libpython3.11,gcc,libc6-dev,musl-tools,binutils,ca
 
 log() { echo "build_root: $*" >&2; }
 
-# Foreign binaries run through qemu-user. The F flag makes the kernel open qemu when the handler is
-# registered, so it works inside a chroot that has no qemu of its own.
-binfmt=/proc/sys/fs/binfmt_misc
-if [[ ! -e $binfmt/status ]]; then
-    mount -t binfmt_misc binfmt_misc "$binfmt"
-fi
-if [[ ! -e $binfmt/qemu-$qemu ]]; then
-    update-binfmts --enable "qemu-$qemu" >&2
-fi
-if ! grep -q '^flags: .*F' "$binfmt/qemu-$qemu"; then
-    log "the binfmt_misc handler qemu-$qemu lacks the F flag: it cannot run in a chroot"
-    exit 1
-fi
+"$top/scripts/qemu_binfmt.sh" "$arch"
 
 requirements=$(python3 "$top/scripts/requirements.py")
-key=$(printf '%s\n' "$suite" "$arch" "$packages" "$requirements" | cat - "$top/scripts/build_root.sh" |
-    sha256sum | cut -c1-12)
+# Bump when the way the root is made changes in a way its inputs below do not show.
+recipe=1
+key=$(printf '%s\n' "$recipe" "$suite" "$arch" "$packages" "$requirements" | sha256sum | cut -c1-12)
 cache=${BUILD_ROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager/build-roots}
 root=$cache/debian-$suite-$arch-$key
 mkdir -p "$cache"

@@ -6,6 +6,8 @@
 #   objcopy, readelf (binutils) staticx wraps the binary (scripts/build.sh)
 #   qemu-aarch64-static, update-binfmts (qemu-user-static, binfmt-support)
 #                               the arm64 binary is built and tested under qemu-user (scripts/build_root.sh)
+#   aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu)
+#                               an arm64 spire-server is cross-compiled for the tests (install_spire.sh)
 #   systemd-analyze (systemd)   checks packaging/systemd/spire-server.service (tests/portable/test_systemd_unit.py)
 #   strace       (strace)       lists the plugin's system calls against that unit's filter (same test)
 #
@@ -14,7 +16,8 @@ set -euo pipefail
 
 missing=()
 for pair in musl-gcc:musl-tools debootstrap:debootstrap objcopy:binutils readelf:binutils \
-    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support systemd-analyze:systemd strace:strace; do
+    qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
+    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu systemd-analyze:systemd strace:strace; do
     tool=${pair%%:*}
     # debootstrap and update-binfmts live in /usr/sbin, which a non-login PATH may lack.
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${pair#*:}")

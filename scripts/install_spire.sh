@@ -5,23 +5,36 @@
 #
 # It is built as SPIRE's own release builds it: statically linked against musl (cgo for sqlite,
 # `-extldflags -static`), so the same file runs on any Linux and inside an empty root file system, as in the
-# official `FROM scratch` image.
+# official `FROM scratch` image. For arm64 it is cross-compiled (GOARCH=arm64) with Debian's aarch64 gcc and
+# linked statically against its glibc, since Debian has no musl cross compiler; the netgo and osusergo tags
+# keep it from needing glibc's NSS at run time. It runs here under qemu-user (scripts/qemu_binfmt.sh).
 #
 #   scripts/install_spire.sh
 #
 #   SPIRE_VERSION   the SPIRE release to install (default v1.13.3; the tests also use v1.15.3)
+#   SPIRE_ARCH      amd64 (default) or arm64
 #   SPIRE_CACHE_DIR where to keep it (default ${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager)
 #   GO              the go command (default: go on PATH, else /usr/local/go/bin/go); Go >= 1.26
 #   MUSL_CC         musl's gcc wrapper (default musl-gcc, Debian's musl-tools); SPIRE's sqlite needs cgo
+#   ARM64_CC        the arm64 cross compiler (default aarch64-linux-gnu-gcc, Debian's gcc-aarch64-linux-gnu)
 #
-# The binary goes to $SPIRE_CACHE_DIR/spire-VERSION-static/bin/spire-server. The Go module and build caches
+# The binary goes to $SPIRE_CACHE_DIR/spire-VERSION-static/bin/spire-server (spire-VERSION-static-arm64 for
+# arm64). The Go module and build caches
 # ($SPIRE_CACHE_DIR/go, about 2 GB) are kept and shared by every version, so a second version or a retry
 # compiles only what differs.
 set -euo pipefail
 
 version=${SPIRE_VERSION:-v1.13.3}
+arch=${SPIRE_ARCH:-amd64}
 cache_root=${SPIRE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager}
-cache=$cache_root/spire-$version-static
+case $arch in
+amd64) cache=$cache_root/spire-$version-static ;;
+arm64) cache=$cache_root/spire-$version-static-arm64 ;;
+*)
+    echo "install_spire: SPIRE_ARCH is amd64 or arm64, not $arch" >&2
+    exit 2
+    ;;
+esac
 binary=$cache/bin/spire-server
 
 log() { echo "install_spire: $*" >&2; }
@@ -49,9 +62,18 @@ if [[ ! "$go_version" =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < 26)); then
     log "$go is $go_version: Go >= 1.26 is needed (set GO=/path/to/go)"
     exit 1
 fi
-musl_cc=${MUSL_CC:-musl-gcc}
-if ! command -v "$musl_cc" >/dev/null 2>&1; then
-    log "no $musl_cc: install musl-tools (SPIRE's sqlite datastore needs cgo, linked statically with musl)"
+if [[ $arch == amd64 ]]; then
+    cc=${MUSL_CC:-musl-gcc}
+    tags=
+    missing="no $cc: install musl-tools (SPIRE's sqlite datastore needs cgo, linked statically with musl)"
+else
+    cc=${ARM64_CC:-aarch64-linux-gnu-gcc}
+    tags=netgo,osusergo
+    missing="no $cc: install gcc-aarch64-linux-gnu (SPIRE's sqlite datastore needs cgo)"
+    "$(dirname "$0")/qemu_binfmt.sh" arm64
+fi
+if ! command -v "$cc" >/dev/null 2>&1; then
+    log "$missing"
     exit 1
 fi
 
@@ -70,12 +92,11 @@ mkdir -p "$work/module" "$work/bin"
 gocache=$cache_root/go
 export GOPATH=$gocache/path GOMODCACHE=$gocache/path/pkg/mod GOCACHE=$gocache/build
 # Writable module cache so it can be removed with rm; the local toolchain only (no silent toolchain
-# download); cgo for sqlite, compiled and linked statically with musl.
-export GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=1 GOBIN=$work/bin CC=$musl_cc
-unset GOOS GOARCH
+# download); cgo for sqlite, compiled and linked statically.
+export GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=1 CC=$cc GOOS=linux GOARCH=$arch
 
 start=$(date +%s)
-log "installing spire-server $version (static, musl) with $go_version: it compiles SPIRE, about 10 minutes on 2 cores"
+log "installing spire-server $version for $arch (static) with $go_version: it compiles SPIRE, about 10 minutes on 2 cores"
 (
     cd "$work/module"
     "$go" mod init aws-kms-keymanager/spire-install 2>&1 |
@@ -89,8 +110,8 @@ log "installing spire-server $version (static, musl) with $go_version: it compil
         cat go-get.log >&2
         exit 1
     fi
-    "$go" install -trimpath -ldflags '-s -w -linkmode external -extldflags "-static"' \
-        github.com/spiffe/spire/cmd/spire-server >&2
+    "$go" build -trimpath -tags "$tags" -ldflags '-s -w -linkmode external -extldflags "-static"' \
+        -o "$work/bin/spire-server" github.com/spiffe/spire/cmd/spire-server >&2
 )
 built=$work/bin/spire-server
 # Built from the module proxy without VCS data, it calls itself e.g. "1.13.3-dev-unk".

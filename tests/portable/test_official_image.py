@@ -1,5 +1,6 @@
 """A real SPIRE Server in an empty root laid out as SPIRE's official image with packaging/image/Dockerfile
-applied: spire-server (static, musl, as SPIRE releases it) at /opt/spire/bin, our binary where the
+applied, for amd64 and for arm64 (everything under qemu-user, the arm64 spire-server cross-compiled):
+spire-server (static, as SPIRE releases it) at /opt/spire/bin, our binary of that architecture where the
 Dockerfile copies it, both read-only, run as uid 1000 as pid 1 of its own pid namespace, with /tmp and its
 data directory the only places it can write. It must start healthy on KMS keys, hand out a bundle whose CA
 key is the KMS key, mint SVIDs that verify, and stop leaving nothing behind."""
@@ -79,10 +80,21 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", params=["amd64", "arm64"])
+def arch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def spire_binary() -> Path:
-    """The static spire-server of the release the Dockerfile builds on."""
-    return install_spire(dockerfile_recipe().spire_version).binary
+def spire_binary(arch: str) -> Path:
+    """The static spire-server of the release the Dockerfile builds on, for the image's architecture."""
+    return install_spire(dockerfile_recipe().spire_version, arch=arch).binary
+
+
+@pytest.fixture(scope="module")
+def image_plugin_binary(arch: str, request: pytest.FixtureRequest) -> Path:
+    """Our release file that the Dockerfile's COPY takes for that architecture."""
+    return Path(request.getfixturevalue("arm64_binary" if arch == "arm64" else "plugin_binary"))
 
 
 @pytest.fixture
@@ -91,7 +103,7 @@ def kms(emulator: EmulatorControl) -> Any:
 
 
 def test_spire_server_runs_our_plugin_in_the_official_image_layout(
-    spire_binary: Path, plugin_binary: Path, emulator: EmulatorControl, workdir: Path, kms: Any
+    spire_binary: Path, image_plugin_binary: Path, emulator: EmulatorControl, workdir: Path, kms: Any
 ) -> None:
     plugin_path = dockerfile_recipe().plugin_path
     (workdir / "server").mkdir()
@@ -101,11 +113,11 @@ def test_spire_server_runs_our_plugin_in_the_official_image_layout(
             Bind(workdir / "server", str(workdir / "server")),
             Bind(workdir / "server" / "tmp", "/tmp"),
             Bind(spire_binary, OFFICIAL_IMAGE_SPIRE_SERVER, read_only=True),
-            Bind(plugin_binary, plugin_path, read_only=True),
+            Bind(image_plugin_binary, plugin_path, read_only=True),
         ),
         pid_namespace=True,
     )
-    checksum = sha256_file(plugin_binary)
+    checksum = sha256_file(image_plugin_binary)
     block = KeyManagerBlock(COMMUNITY_CONFIG, plugin_cmd=Path(plugin_path), plugin_checksum=checksum)
     # Only the credentials the configuration gives: nothing of the host's environment goes in.
     env = {k: v for k, v in aws_env(emulator.url, credentials=False).items() if k.startswith(("AWS_", "NO_"))}

@@ -431,7 +431,8 @@ class PluginProcess:
     handshake_seconds: float | None = None  # spawn to the handshake line
     socket_path: str | None = None  # unix network only
     socket_dir: str | None = None
-    broker_address: str = ""  # the (fake) host-services address announced on the broker stream
+    broker_address: str = ""  # the host-services address announced on the broker stream (fake by default)
+    host_service_names: list[str] = field(default_factory=list)  # what Init says the host serves
     plugin_service_names: list[str] = field(default_factory=list)
 
     # Filled in by shutdown().
@@ -642,7 +643,8 @@ class PluginProcess:
             keymanager=keymanager_pb2_grpc.KeyManagerStub(channel),
         )
         # As go-plugin's gRPC client: the broker stream, then the stdio stream (UNIMPLEMENTED is tolerated).
-        self.broker_address = os.path.join(tempfile.gettempdir(), f"plugin{random.randrange(10**9)}")
+        if not self.broker_address:
+            self.broker_address = os.path.join(tempfile.gettempdir(), f"plugin{random.randrange(10**9)}")
         self._broker = _StreamWatch(
             self._stubs.broker.StartStream(self._broker_requests()), f"plugin-{self.pid}-broker"
         )
@@ -658,7 +660,9 @@ class PluginProcess:
     def _init(self, timeout: float) -> None:
         stubs = self._require_stubs()
         try:
-            answer = stubs.init.Init(init_pb2.InitRequest(host_service_names=[]), timeout=timeout)
+            answer = stubs.init.Init(
+                init_pb2.InitRequest(host_service_names=self.host_service_names), timeout=timeout
+            )
         except grpc.RpcError as err:
             raise self._start_error(f"Init failed: {err.code().name}: {err.details()}") from None
         self.plugin_service_names = list(answer.plugin_service_names)
@@ -906,8 +910,13 @@ def start_plugin(
     cwd: str | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     path_on_host: Callable[[str], str] = os.path.abspath,
+    host_services_address: str = "",
+    host_service_names: Sequence[str] = (),
 ) -> PluginProcess:
     """Start the plugin as SPIRE does and return it connected and initialised (see the module docstring).
+
+    By default the broker announces an address nobody serves and Init names no host service. A test that
+    serves host services (tests.support.host_services) passes its unix socket path and their names.
 
     `command` is spawned without a shell and without PATH lookup (argv[0] is made absolute against the
     current directory, as SPIRE does with plugin_cmd), in `cwd`, with `env` (default: a copy of os.environ)
@@ -932,7 +941,14 @@ def start_plugin(
         stderr=subprocess.PIPE,
         close_fds=True,
     )
-    plugin = PluginProcess(command=argv, process=process, spawned_at=spawned_at, path_on_host=path_on_host)
+    plugin = PluginProcess(
+        command=argv,
+        process=process,
+        spawned_at=spawned_at,
+        path_on_host=path_on_host,
+        broker_address=host_services_address,
+        host_service_names=list(host_service_names),
+    )
     _LIVE.add(plugin)
     try:
         plugin._start_readers()

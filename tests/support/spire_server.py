@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -86,21 +87,23 @@ def install_spire(
     version: str = SPIRE_VERSION,
     timeout: float = INSTALL_TIMEOUT,
     progress: Callable[[str], None] | None = None,
+    arch: str = "amd64",
 ) -> Installed:
     """Runs scripts/install_spire.sh (idempotent) for `version` and returns the spire-server it printed.
 
     `progress` gets the installer's own messages as they come (a cold install takes minutes).
-    SPIRE_SERVER_BINARY, when it is a spire-server of `version`, is used instead.
+    SPIRE_SERVER_BINARY, when it is a spire-server of `version`, is used instead (for amd64).
+    `arch` arm64 cross-compiles one that runs here under qemu-user.
     """
     override = os.environ.get("SPIRE_SERVER_BINARY")
-    if override and version_of(Path(override)).startswith(version.removeprefix("v")):
+    if arch == "amd64" and override and version_of(Path(override)).startswith(version.removeprefix("v")):
         return Installed(Path(override), 0.0)
     started = time.monotonic()
     stderr_tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(
         [str(INSTALL_SCRIPT)],
         cwd=ROOT,
-        env={**os.environ, "SPIRE_VERSION": version},
+        env={**os.environ, "SPIRE_VERSION": version, "SPIRE_ARCH": arch},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -212,6 +215,8 @@ class ServerSettings:
     log_level: str = "DEBUG"
     # More settings of the server block, e.g. {"disable_jwt_svids": True}.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # SPIRE's Prometheus telemetry endpoint on 127.0.0.1 at this port (telemetry { Prometheus { ... } }).
+    prometheus_port: int | None = None
 
 
 def aws_env(emulator_url: str, credentials: bool = True) -> dict[str, str]:
@@ -448,7 +453,30 @@ class SpireServer:
             "    }\n"
             f"{self.keymanager.render()}"
             "}\n"
+            f"{self._render_telemetry()}"
         )
+
+    def _render_telemetry(self) -> str:
+        port = self.settings.prometheus_port
+        if port is None:
+            return ""
+        return (
+            "telemetry {\n"
+            "    Prometheus {\n"
+            '        host = "127.0.0.1"\n'
+            f"        port = {port}\n"
+            "    }\n"
+            "}\n"
+        )
+
+    def prometheus_metrics(self) -> str:
+        """The text SPIRE's Prometheus endpoint serves now (no proxy: it is on loopback)."""
+        port = self.settings.prometheus_port
+        if port is None:
+            raise RuntimeError("this server has no Prometheus endpoint (ServerSettings.prometheus_port)")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            return str(answer.read().decode("utf-8"))
 
     # -- life cycle ------------------------------------------------------------------------------------
 
