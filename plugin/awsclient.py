@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.parsers
 import botocore.session
+import botocore.utils
 from botocore.retries import standard
 
 from plugin import deadline
@@ -500,6 +502,58 @@ def kms_client(settings: ClientSettings) -> Any:
     return AwsClients(settings).kms
 
 
+# How botocore's container credentials provider (EKS Pod Identity agent, ECS) words an answer other than 200.
+_CONTAINER_STATUS = re.compile(r"Received non 200 response (\d{3}) from container metadata: (.*)", re.DOTALL)
+_CONTAINER_UNPARSEABLE = "Unable to parse JSON returned from container metadata"
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """`err`'s context chain: what botocore was handling when it raised `err`, and so on."""
+    chain: list[BaseException] = []
+    cause = err.__cause__ or err.__context__
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def _error_body(body: str) -> tuple[str, str] | None:
+    """(code, message) of a JSON error body such as `{"code": "AccessDeniedException", "message": ...}`."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    code = answer.get("code") or answer.get("Code")
+    if not isinstance(code, str) or not code:
+        return None
+    return code, str(answer.get("message") or answer.get("Message") or "")
+
+
+def credential_failure(err: botocore.exceptions.CredentialRetrievalError) -> tuple[str, str, str]:
+    """(step, code, message) for a credential provider that failed to hand out credentials. botocore
+    raises one exception for every failure of a provider; the code tells a refusal (`AccessDeniedException`
+    or the status the source answered, 401 or 403) from a source that could not be reached (`Unreachable`,
+    `Timeout`: what botocore was handling when it gave up) or answered something else (a 5xx, an answer
+    that is not JSON)."""
+    provider = str(err.kwargs.get("provider") or "the credential chain")
+    step = f"credentials from {provider}"
+    detail = str(err.kwargs.get("error_msg") or err)
+    for cause in _causes(err):
+        if isinstance(cause, botocore.utils.RETRYABLE_HTTP_ERRORS):
+            return step, transport_code(cause) or "Unreachable", bounded(detail)
+    answered = _CONTAINER_STATUS.search(detail)
+    if answered is not None:
+        status, body = answered.groups()
+        coded = _error_body(body)
+        code, text = coded if coded is not None else (status, excerpt(body))
+        return step, code, bounded(f"the credentials endpoint answered HTTP {status}: {text}")
+    if _CONTAINER_UNPARSEABLE in detail:
+        return step, UNPARSEABLE, bounded(detail)
+    return step, "CredentialRetrievalError", bounded(detail)
+
+
 def translate(operation: str, fn: Callable[[], Any]) -> Any:
     """Run one adapter call, turning botocore's failures into `KmsError` with the AWS error code."""
     try:
@@ -515,6 +569,10 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         raise KmsError(
             operation, "NoCredentials", "no AWS credentials were found in the configuration or environment"
         ) from None
+    except botocore.exceptions.CredentialRetrievalError as err:
+        # A link of the default chain (the Pod Identity agent, a credential process) failed: say which.
+        step, code, message = credential_failure(err)
+        raise KmsError(f"{operation} ({step})", code, message) from None
     except KmsError as err:
         raise KmsError(operation, err.code, err.message) from None
     except botocore.parsers.ResponseParserError as err:

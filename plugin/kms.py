@@ -6,6 +6,7 @@ three are the only modules that import boto3 or botocore."""
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -47,12 +48,32 @@ class Boto3Kms:
     """Implements `plugin.kmsapi.Kms` against AWS KMS (or any endpoint botocore is pointed at)."""
 
     def __init__(self, settings: ClientSettings, metrics: Metrics = NO_METRICS) -> None:
+        self._settings = settings
         self._metrics = metrics
-        self._clients = AwsClients(settings, metrics)
-        self._client: Any = self._clients.kms
-        self._signer = LeanSigner.for_client(
-            self._client, self._clients.credentials(), self._clients.kms_breaker, metrics
-        )
+        self._lock = threading.Lock()
+        self._built: tuple[AwsClients, LeanSigner | None] | None = None
+
+    def _build(self) -> tuple[AwsClients, LeanSigner | None]:
+        """The clients and the lean Sign path, made by the first call that needs them. botocore resolves
+        the default chain's credentials when it makes a client, and some sources are asked there and
+        then (the Pod Identity agent, ECS): made inside a call, a refusal is that call's error, coded as
+        any other (`translate`), and the next call asks again."""
+        with self._lock:
+            if self._built is None:
+                clients = AwsClients(self._settings, self._metrics)
+                signer = LeanSigner.for_client(
+                    clients.kms, clients.credentials(), clients.kms_breaker, self._metrics
+                )
+                self._built = (clients, signer)
+            return self._built
+
+    @property
+    def _clients(self) -> AwsClients:
+        return self._build()[0]
+
+    @property
+    def _client(self) -> Any:
+        return self._build()[0].kms
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         """One AWS call, its failures as `KmsError`, reported as a call of `operation` (retries included)."""
@@ -71,10 +92,13 @@ class Boto3Kms:
     @property
     def endpoint_url(self) -> str:
         """Where KMS calls go (the operator commands show it)."""
-        return str(self._client.meta.endpoint_url)
+        return str(translate("KMS client", lambda: self._client.meta.endpoint_url))
 
     def credential_method(self) -> str | None:
-        return self._clients.credential_method()
+        """How botocore found the credentials (`AwsClients.credential_method`); a source that refuses or
+        cannot be reached is a `KmsError` naming it."""
+        method: str | None = translate("credentials", lambda: self._clients.credential_method())
+        return method
 
     def list_aliases(self, key_id: str | None = None) -> Iterator[Alias]:
         request: dict[str, Any] = {"Limit": LIST_PAGE_SIZE}
@@ -133,15 +157,17 @@ class Boto3Kms:
         )
 
     def sign(self, key_id: str, digest: bytes, signing_algorithm: str) -> bytes:
-        signer = self._signer
-        if signer is not None:
-            return self._call("Sign", lambda: signer.sign(key_id, digest, signing_algorithm))
-        answer = self._call(
-            "Sign",
-            lambda: self._client.sign(
+        def call() -> Any:
+            signer = self._build()[1]
+            if signer is not None:
+                return signer.sign(key_id, digest, signing_algorithm)
+            return self._client.sign(
                 KeyId=key_id, Message=digest, MessageType="DIGEST", SigningAlgorithm=signing_algorithm
-            ),
-        )
+            )
+
+        answer = self._call("Sign", call)
+        if isinstance(answer, bytes):
+            return answer
         signature: bytes = _required(answer, "Signature", "Sign")
         return signature
 

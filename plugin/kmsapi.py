@@ -68,8 +68,9 @@ UNPARSEABLE = "UnparseableResponse"
 
 
 class KmsError(Exception):
-    """A KMS call failed. `code` is the AWS error code (e.g. ThrottlingException), or one of ours for
-    failures that never reached KMS (`NoCredentials`, `Unreachable`, `Timeout`, `UnparseableResponse`)."""
+    """A KMS call failed. `code` is the AWS error code (e.g. ThrottlingException, or InvalidIdentityToken
+    from the STS exchange on the way), or one of ours for failures that never reached KMS (`NoCredentials`,
+    `Unreachable`, `Timeout`, `UnparseableResponse`, a credential source's HTTP status)."""
 
     def __init__(self, operation: str, code: str, message: str) -> None:
         super().__init__(f"{operation}: {code}: {message}")
@@ -126,6 +127,15 @@ _DENIED = {
     "ExpiredTokenException",
     "ExpiredToken",
     "NoCredentials",
+    # STS refusing a web identity token (EKS IRSA): the role does not trust the issuer, a claim does not
+    # match its trust policy, or the token is stale.
+    "InvalidIdentityToken",
+    "IDPRejectedClaim",
+    # A credential source (the EKS Pod Identity agent, ECS's endpoint) refusing with a bare status, or a
+    # credential provider failing for a reason it does not code (`plugin.awsclient.credential_failure`).
+    "401",
+    "403",
+    "CredentialRetrievalError",
 }
 _PRECONDITION = {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
 _UNAVAILABLE = {
@@ -145,6 +155,8 @@ _UNAVAILABLE = {
     "Unreachable",
     "Timeout",
     UNPARSEABLE,
+    # STS could not reach the web identity token's issuer to check it: the refusal is not final.
+    "IDPCommunicationError",
 }
 _INVALID = {
     "ValidationException",

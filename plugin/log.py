@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
+from plugin.errors import one_line
+
 _LEVELS = {
     logging.DEBUG: "debug",
     logging.INFO: "info",
@@ -128,11 +130,36 @@ def _log_uncaught_thread(args: threading.ExceptHookArgs) -> None:
         _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback, name)
 
 
+# Libraries whose log lines keep their message but never carry a traceback.
+_LIBRARIES = ("botocore", "boto3", "urllib3")
+_CAUSE_CHARS = 240
+
+
+class _NoLibraryTracebacks(logging.Filter):
+    """botocore logs some failures with their traceback before it raises them ("Refreshing temporary
+    credentials failed during mandatory refresh period." when STS refuses a web identity token); the
+    plugin reports those itself, coded (`plugin.awsclient.translate`). The line stays, with what failed on
+    one line in `error` instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".")[0] in _LIBRARIES:
+            failure = record.exc_info[1]
+            record.exc_info = None
+            record.exc_text = None
+            if failure is not None:
+                fields = dict(getattr(record, _FIELDS_ATTR, {}))
+                text = one_line(str(failure), _CAUSE_CHARS)
+                fields["error"] = f"{type(failure).__name__}: {text}" if text else type(failure).__name__
+                setattr(record, _FIELDS_ATTR, fields)
+        return True
+
+
 def setup(level: int = logging.DEBUG) -> None:
     """Send all logging, and uncaught exceptions, to stderr as hclog JSON; SPIRE filters by its own level."""
     logging.addLevelName(TRACE, "TRACE")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(HclogFormatter())
+    handler.addFilter(_NoLibraryTracebacks())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

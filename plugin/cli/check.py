@@ -241,6 +241,12 @@ def _identity(report: Report, config: plugin_config.Config, connect: Connect) ->
     base = connect(config, False)
     try:
         method = base.credential_method()
+    except KmsError as err:
+        # A source of the chain refused or could not be reached (the Pod Identity agent answering 401):
+        # which source, and the code the plugin would report.
+        step = err.operation.partition(" (")[2].rstrip(")") or "the credential chain"
+        report.add("credentials", Status.FAIL, f"{step}: {_said(err)}", err.code)
+        return None
     except Exception as err:
         # A link of the credential chain failed outright (an unreadable token file, a broken profile).
         report.add(
@@ -260,9 +266,7 @@ def _identity(report: Report, config: plugin_config.Config, connect: Connect) ->
     try:
         report.identity = base.caller_identity()
     except KmsError as err:
-        report.add(
-            "credentials", Status.FAIL, f"from {source}: STS GetCallerIdentity: {_said(err)}", err.code
-        )
+        report.add("credentials", Status.FAIL, f"from {source}: STS {err.operation}: {_said(err)}", err.code)
         return None
     report.add(
         "credentials", Status.OK, f"from {source}: {report.identity.arn} (account {report.identity.account})"

@@ -12,6 +12,8 @@ import hashlib
 import json
 import re
 import secrets
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ import pytest
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
 from tests.integration.conftest import REGION, plugin_env
+from tests.integration.test_commands_binary import builtin, server_conf
 from tests.support.credential_sources import (
     BOTOCORE_REFRESH_WINDOW,
     INSTANCE_ROLE,
@@ -106,6 +109,32 @@ def assert_not_logged(log: str, *secrets_: str) -> None:
     assert log, "the plugin logged nothing: nothing was checked"
     for secret in secrets_:
         assert secret and secret not in log, f"a secret ({len(secret)} characters) is in the plugin's log"
+
+
+def assert_refused_cleanly(plugin: PluginProcess, raised: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.Call:
+    """The failure SPIRE sees and logs for credentials a source refused: PERMISSION_DENIED, and in the
+    plugin's log no "Unexpected failure", no traceback and nothing but hclog JSON lines."""
+    return assert_failed_cleanly(plugin, raised, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def assert_failed_cleanly(
+    plugin: PluginProcess, raised: pytest.ExceptionInfo[grpc.RpcError], code: grpc.StatusCode
+) -> grpc.Call:
+    error = raised.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == code, f"{error.code()}: {error.details()}"
+    assert plugin.is_running()
+    assert_log_is_clean(plugin)
+    return error
+
+
+def assert_log_is_clean(plugin: PluginProcess) -> None:
+    """No "Unexpected failure", no traceback, nothing but hclog JSON lines in the plugin's log so far."""
+    lines = plugin.raw_stderr()
+    assert lines, "the plugin logged nothing: nothing was checked"
+    for line in lines:
+        assert "Traceback" not in line and "Unexpected failure" not in line, line
+        assert isinstance(json.loads(line), dict), line
 
 
 def assert_no_secret_key_logged(log: str, secret_sha256: str) -> None:
@@ -193,7 +222,7 @@ def test_irsa_web_identity_token_is_exchanged_at_sts_and_kms_is_used_as_the_role
         assert_no_secret_key_logged(log, handed_out["issued_secret_access_key_sha256"])
 
 
-def test_irsa_token_refused_by_sts_fails_configure_naming_sts_and_no_secret(
+def test_irsa_token_refused_by_sts_fails_configure_permission_denied_naming_sts_and_no_secret(
     start_chain: StartChain, emulator: EmulatorControl, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
@@ -209,15 +238,22 @@ def test_irsa_token_refused_by_sts_fails_configure_naming_sts_and_no_secret(
     plugin = start_chain(AWS_ROLE_ARN=IRSA_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_file))
     with pytest.raises(grpc.RpcError) as raised:
         plugin.configure(f'region = "{REGION}"\n')
-    error = raised.value
-    assert isinstance(error, grpc.Call)
+    # What SPIRE logs when it cannot load the plugin: a refusal, the exchange that was refused and its code.
+    error = assert_refused_cleanly(plugin, raised)
     assert error.details() == (
         'failed to load the keys under "alias/SPIRE_SERVER_KEY/": '
         "KMS ListAliases (STS AssumeRoleWithWebIdentity) returned InvalidIdentityToken: "
         "Couldn't retrieve verification key from your identity provider"
     )
     assert {c["operation"] for c in emulator.callers()} == {"AssumeRoleWithWebIdentity"}
-    assert plugin.is_running()
+    assert_not_logged(stderr_of(plugin), token)
+
+    # The plugin serves on: once STS takes the token (the role's trust policy fixed), Configure again works.
+    emulator.clear_faults()
+    generate_and_sign(plugin)
+    exchanges = [c for c in emulator.callers() if c["operation"] == "AssumeRoleWithWebIdentity"]
+    assert exchanges[-1]["issued_access_key_id"] is not None
+    assert_log_is_clean(plugin)
     assert_not_logged(stderr_of(plugin), token)
 
 
@@ -257,13 +293,14 @@ def test_pod_identity_agent_credentials_are_used_and_renewed_with_the_rotated_to
     assert_not_logged(stderr_of(plugin), token, rotated, *first.secrets, *second.secrets)
 
 
-def test_pod_identity_agent_refusing_the_token_fails_configure_naming_the_source_and_no_secret(
+def test_pod_identity_agent_refusing_the_token_fails_configure_permission_denied_naming_the_source(
     start_chain: StartChain, emulator: EmulatorControl, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "eks-pod-identity-token"
     stale = jwt_like("stale")
     token_file.write_text(stale)
-    with FakeContainerCredentials(jwt_like("pod")) as agent:
+    token = jwt_like("pod")
+    with FakeContainerCredentials(token) as agent:
         plugin = start_chain(
             AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.full_uri,
             AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file),
@@ -273,17 +310,49 @@ def test_pod_identity_agent_refusing_the_token_fails_configure_naming_the_source
         # botocore asks three times, each with the token from the file.
         assert [r.headers.get("Authorization") for r in agent.requests] == [stale] * 3
         assert agent.served == []
-    error = raised.value
-    assert isinstance(error, grpc.Call)
-    # What SPIRE logs when it cannot load the plugin: where the credentials were to come from and why not.
-    assert error.details() == (
-        "Configure: Error when retrieving credentials from container-role: Error retrieving metadata: "
-        "Received non 200 response 401 from container metadata: "
-        '{"code": "AccessDeniedException", "message": "the service account token is not valid"}'
+        # What SPIRE logs when it cannot load the plugin: a refusal, where the credentials were to come
+        # from, and the code the agent answered with.
+        error = assert_refused_cleanly(plugin, raised)
+        assert error.details() == (
+            'failed to load the keys under "alias/SPIRE_SERVER_KEY/": '
+            "KMS ListAliases (credentials from container-role) returned AccessDeniedException: "
+            "the credentials endpoint answered HTTP 401: the service account token is not valid"
+        )
+        assert kms_callers(emulator) == []
+        assert_not_logged(stderr_of(plugin), stale)
+
+        # The plugin serves on: with the pod's own token in the file, Configure again works.
+        token_file.write_text(token)
+        generate_and_sign(plugin)
+        assert len(agent.served) == 1
+        assert signed_with(kms_callers(emulator)) == {(agent.served[0].access_key_id, True)}
+        assert_log_is_clean(plugin)
+    assert_not_logged(stderr_of(plugin), stale, token, *agent.served[0].secrets)
+
+
+def test_pod_identity_agent_unreachable_fails_configure_unavailable(
+    start_chain: StartChain, emulator: EmulatorControl, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "eks-pod-identity-token"
+    token = jwt_like("pod")
+    token_file.write_text(token)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens there: the agent is not running on the node (yet).
+    plugin = start_chain(
+        AWS_CONTAINER_CREDENTIALS_FULL_URI=f"http://127.0.0.1:{port}/v1/credentials",
+        AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file),
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        plugin.configure(f'region = "{REGION}"\n')
+    error = assert_failed_cleanly(plugin, raised, grpc.StatusCode.UNAVAILABLE)
+    assert (error.details() or "").startswith(
+        'failed to load the keys under "alias/SPIRE_SERVER_KEY/": '
+        "KMS ListAliases (credentials from container-role) returned Unreachable: "
     )
     assert kms_callers(emulator) == []
-    assert plugin.is_running()
-    assert_not_logged(stderr_of(plugin), stale)
+    assert_not_logged(stderr_of(plugin), token)
 
 
 # -- EC2 instance role: IMDSv2 ------------------------------------------------------------------------------
@@ -313,3 +382,62 @@ def test_instance_role_credentials_from_imdsv2_are_used(
         ("GET", f"/latest/meta-data/iam/security-credentials/{INSTANCE_ROLE}"),
     ]
     assert_not_logged(stderr_of(plugin), *served.secrets)
+
+
+# -- the operator command `check`, on the same credential sources ------------------------------------------
+
+
+def run_check(plugin_binary: Path, conf: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(plugin_binary), "check", "--config", conf], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def failed_line(checked: subprocess.CompletedProcess[str], name: str) -> str:
+    (line,) = [line for line in checked.stdout.splitlines() if line.split()[:2] == ["FAIL", name]]
+    return line
+
+
+def test_check_names_the_pod_identity_agent_that_refused_the_token(
+    plugin_binary: Path, emulator: EmulatorControl, plugin_tmpdir: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "eks-pod-identity-token"
+    stale = jwt_like("stale")
+    token_file.write_text(stale)
+    with FakeContainerCredentials(jwt_like("pod")) as agent:
+        env = chain_env(
+            emulator.url,
+            plugin_tmpdir,
+            AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.full_uri,
+            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file),
+        )
+        checked = run_check(plugin_binary, server_conf(tmp_path, plugin_binary, builtin("server-a")), env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert failed_line(checked, "credentials").endswith(
+        "credentials from container-role: AccessDeniedException: the credentials endpoint answered HTTP 401: "
+        "the service account token is not valid"
+    )
+    assert "Traceback" not in checked.stdout + checked.stderr
+    assert stale not in checked.stdout + checked.stderr
+    assert kms_callers(emulator) == []
+
+
+def test_check_names_the_sts_exchange_that_refused_the_irsa_token(
+    plugin_binary: Path, emulator: EmulatorControl, plugin_tmpdir: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token = jwt_like("untrusted")
+    token_file.write_text(token)
+    emulator.add_fault(
+        "AssumeRoleWithWebIdentity", error="InvalidIdentityToken", message="Token is not trusted", count=-1
+    )
+    env = chain_env(
+        emulator.url, plugin_tmpdir, AWS_ROLE_ARN=IRSA_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_file)
+    )
+    checked = run_check(plugin_binary, server_conf(tmp_path, plugin_binary, builtin("server-a")), env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert failed_line(checked, "credentials").endswith(
+        "STS GetCallerIdentity (STS AssumeRoleWithWebIdentity): InvalidIdentityToken: Token is not trusted"
+    )
+    assert "Traceback" not in checked.stdout + checked.stderr
+    assert token not in checked.stdout + checked.stderr

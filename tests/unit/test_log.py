@@ -60,3 +60,31 @@ def test_registered_secrets_are_redacted(stderr: io.StringIO) -> None:
     output = stderr.getvalue()
     assert secret not in output
     assert output.count(log.REDACTED) == 2
+
+
+def test_library_failures_are_logged_on_one_line_without_a_traceback(stderr: io.StringIO) -> None:
+    # What botocore does when STS refuses a web identity token during a mandatory refresh; the plugin
+    # reports the failure itself, coded.
+    try:
+        raise RuntimeError("An error occurred (InvalidIdentityToken)\nwhen calling AssumeRoleWithWebIdentity")
+    except RuntimeError:
+        logging.getLogger("botocore.credentials").warning(
+            "Refreshing temporary credentials failed during %s refresh period.", "mandatory", exc_info=True
+        )
+    output = stderr.getvalue()
+    (line,) = lines(stderr)
+    assert line["@level"] == "warn"
+    assert line["@message"] == "Refreshing temporary credentials failed during mandatory refresh period."
+    assert line["error"] == (
+        "RuntimeError: An error occurred (InvalidIdentityToken) when calling AssumeRoleWithWebIdentity"
+    )
+    assert "Traceback" not in output
+
+
+def test_the_plugins_own_unexpected_failures_keep_their_traceback(stderr: io.StringIO) -> None:
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        log.get_logger("plugin.service").exception("Unexpected failure")
+    (line,) = lines(stderr)
+    assert "Traceback" in str(line["error"])
