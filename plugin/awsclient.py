@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import random
 import re
 import threading
@@ -31,7 +32,7 @@ from botocore.retries import standard
 
 from plugin import deadline
 from plugin import metrics as plugin_metrics
-from plugin.errors import one_line
+from plugin.errors import one_line, quoted
 from plugin.kmsapi import UNPARSEABLE, KmsError, is_throttling
 from plugin.log import get_logger
 from plugin.metrics import NO_METRICS, Metrics, observe_failed_attempt
@@ -554,6 +555,23 @@ def credential_failure(err: botocore.exceptions.CredentialRetrievalError) -> tup
     return step, "CredentialRetrievalError", bounded(detail)
 
 
+# Token files botocore's default chain reads for EKS (IRSA, Pod Identity) and lets a failure to read through.
+_TOKEN_FILES = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+
+
+def unreadable_token_file(err: OSError) -> tuple[str, str] | None:
+    """(step, message) when `err` is the failure to read a credential token file named in the environment
+    (the projected service account token not mounted); None for any other OSError."""
+    if err.filename is None:
+        return None
+    for variable in _TOKEN_FILES:
+        path = os.environ.get(variable)
+        if path and os.fspath(err.filename) == path:
+            reason = err.strerror or type(err).__name__
+            return f"credentials from {variable}", f"cannot read {variable} {quoted(path, 256)}: {reason}"
+    return None
+
+
 def translate(operation: str, fn: Callable[[], Any]) -> Any:
     """Run one adapter call, turning botocore's failures into `KmsError` with the AWS error code."""
     try:
@@ -575,6 +593,12 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         raise KmsError(f"{operation} ({step})", code, message) from None
     except KmsError as err:
         raise KmsError(operation, err.code, err.message) from None
+    except OSError as err:
+        unreadable = unreadable_token_file(err)
+        if unreadable is None:
+            raise
+        step, message = unreadable
+        raise KmsError(f"{operation} ({step})", "NoCredentials", message) from None
     except botocore.parsers.ResponseParserError as err:
         # Only from a client without `GuardedParser`; botocore's message quotes the whole body.
         message = f"the answer could not be parsed: {excerpt(str(err))}"

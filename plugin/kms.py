@@ -58,6 +58,9 @@ class Boto3Kms:
         the default chain's credentials when it makes a client, and some sources are asked there and
         then (the Pod Identity agent, ECS): made inside a call, a refusal is that call's error, coded as
         any other (`translate`), and the next call asks again."""
+        built = self._built
+        if built is not None:
+            return built
         with self._lock:
             if self._built is None:
                 clients = AwsClients(self._settings, self._metrics)

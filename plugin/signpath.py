@@ -188,8 +188,11 @@ class LeanSigner:
 
     def _attempt(self, body: bytes, attempts: int, read_timeout: float) -> bytes | tuple[str, str, bool]:
         """One attempt: the signature, or (code, message, worth another attempt)."""
+        # Outside the transport failures below: credentials that cannot be had (a token file not mounted,
+        # a source refusing) are no sign that KMS is unreachable, and `translate` codes them.
+        signed = self._signed_headers(body)
         try:
-            status, headers, answer = self._exchange(body, read_timeout)
+            status, headers, answer = self._exchange(body, signed, read_timeout)
         except _ConnectFailed as failed:
             return self._transport_failure(failed.cause, connecting=True)
         except (OSError, http.client.HTTPException) as err:
@@ -233,8 +236,9 @@ class LeanSigner:
         self._breaker.failure(f"{code}: {text}")
         return code, text, not self._breaker.is_open
 
-    def _exchange(self, body: bytes, read_timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
-        headers = self._signed_headers(body)
+    def _exchange(
+        self, body: bytes, headers: dict[str, str], read_timeout: float
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         while True:
             connection, reused = self._connections.take()
             try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
@@ -10,8 +12,9 @@ import pytest
 from botocore.credentials import ContainerProvider
 from botocore.utils import ContainerMetadataFetcher
 
-from plugin.awsclient import translate
+from plugin.awsclient import ClientSettings, translate
 from plugin.errors import ErrorKind, PluginError
+from plugin.kms import Boto3Kms
 from plugin.kmsapi import KmsError, plugin_error
 from tests.support.credential_sources import FakeContainerCredentials
 
@@ -173,3 +176,46 @@ def test_sts_refusing_a_web_identity_token_names_the_exchange(code: str, kind: E
     assert error.message == (
         f"failed to {ACTION}: KMS ListAliases (STS AssumeRoleWithWebIdentity) returned {code}: no"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "others"),
+    [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/spire-server"}),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/"},
+        ),
+    ],
+)
+def test_a_token_file_that_is_not_mounted_is_missing_credentials_and_kms_is_not_blamed(
+    variable: str, others: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    missing = tmp_path / "serviceaccount" / "token"
+    monkeypatch.setenv(variable, str(missing))
+    for name, value in others.items():
+        monkeypatch.setenv(name, value)
+    kms = Boto3Kms(ClientSettings(region="us-east-1", endpoint="http://127.0.0.1:9"))
+    expected = (
+        f"KMS {{}} (credentials from {variable}) returned NoCredentials: "
+        f'cannot read {variable} "{missing}": No such file or directory'
+    )
+    # The first call resolves the credentials (ListAliases), and so does each after while none are had:
+    # Sign, on its lean path, is not taken for a call that could not reach KMS.
+    for operation, call in [
+        ("ListAliases", lambda: list(kms.list_aliases())),
+        ("Sign", lambda: kms.sign("k", b"0" * 32, "ECDSA_SHA_256")),
+    ] * 3:
+        with pytest.raises(KmsError) as raised:
+            call()
+        error = plugin_error(raised.value, ACTION)
+        assert error.kind is ErrorKind.PERMISSION_DENIED
+        assert error.message == f"failed to {ACTION}: " + expected.format(operation)
+    # Made (web identity: botocore defers the exchange) or not (Pod Identity: botocore asks at once).
+    assert kms._built is None or not kms._built[0].kms_breaker.is_open
