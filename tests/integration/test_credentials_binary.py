@@ -257,6 +257,28 @@ def test_irsa_token_refused_by_sts_fails_configure_permission_denied_naming_sts_
     assert_not_logged(stderr_of(plugin), token)
 
 
+def test_irsa_token_file_not_mounted_fails_configure_permission_denied_and_serves_on_once_it_is(
+    start_chain: StartChain, emulator: EmulatorControl, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "eks.amazonaws.com" / "serviceaccount" / "token"
+    plugin = start_chain(AWS_ROLE_ARN=IRSA_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE=str(token_file))
+    with pytest.raises(grpc.RpcError) as raised:
+        plugin.configure(f'region = "{REGION}"\n')
+    error = assert_refused_cleanly(plugin, raised)
+    assert error.details() == (
+        'failed to load the keys under "alias/SPIRE_SERVER_KEY/": KMS ListAliases (credentials from '
+        "AWS_WEB_IDENTITY_TOKEN_FILE) returned NoCredentials: "
+        f'cannot read AWS_WEB_IDENTITY_TOKEN_FILE "{token_file}": No such file or directory'
+    )
+    assert emulator.callers() == []
+
+    # The kubelet mounts the token: Configure again works.
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(jwt_like("irsa"))
+    generate_and_sign(plugin)
+    assert_log_is_clean(plugin)
+
+
 # -- EKS Pod Identity: AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE -----------
 
 
