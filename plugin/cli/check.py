@@ -248,7 +248,8 @@ def _identity(report: Report, config: plugin_config.Config, connect: Connect) ->
         report.add("credentials", Status.FAIL, f"{step}: {_said(err)}", err.code)
         return None
     except Exception as err:
-        # A link of the credential chain failed outright (an unreadable token file, a broken profile).
+        # A link of the credential chain failed outright in a way `translate` does not code (a broken
+        # profile).
         report.add(
             "credentials", Status.FAIL, f"the credential chain failed: {_say(err)}", type(err).__name__
         )
