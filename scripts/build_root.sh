@@ -38,7 +38,7 @@ log() { echo "build_root: $*" >&2; }
 
 requirements=$(python3 "$top/scripts/requirements.py")
 # Bump when the way the root is made changes in a way its inputs below do not show.
-recipe=1
+recipe=2
 key=$(printf '%s\n' "$recipe" "$suite" "$arch" "$packages" "$requirements" | sha256sum | cut -c1-12)
 cache=${BUILD_ROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aws-kms-keymanager/build-roots}
 root=$cache/debian-$suite-$arch-$key
@@ -66,13 +66,14 @@ if ! "$debootstrap" --arch="$arch" --variant=minbase --include="$packages" "$sui
 fi
 log "installing the pinned requirements into /opt/venv"
 printf '%s\n' "$requirements" >"$partial/opt/requirements.txt"
-# Build tools first, so that staticx's source build uses the pinned ones (no build isolation).
+# Build tools first, so that staticx's source build uses the pinned ones (no build isolation). Sources are
+# built here, never taken from a wheel cache, with a fixed hash seed: scons orders staticx's link line by
+# it, so its libnssfix.so (bundled in every binary) came out different from one root to the next.
 grep -E '^(setuptools|wheel|scons)==' "$partial/opt/requirements.txt" >"$partial/opt/build-tools.txt"
-mkdir -p "$cache/pip-$arch"
-"$top/scripts/in_root.sh" "$partial" --rw "$cache/pip-$arch:/root/.cache/pip" -- bash -euo pipefail -c '
+PYTHONHASHSEED=0 "$top/scripts/in_root.sh" "$partial" -- bash -euo pipefail -c '
     python3 -m venv /opt/venv
-    pip install --quiet --disable-pip-version-check -r /opt/build-tools.txt
-    pip install --quiet --disable-pip-version-check --no-build-isolation -r /opt/requirements.txt
+    pip install --quiet --disable-pip-version-check --no-cache-dir -r /opt/build-tools.txt
+    pip install --quiet --disable-pip-version-check --no-cache-dir --no-build-isolation -r /opt/requirements.txt
 ' >&2
 touch "$partial/.complete"
 mv "$partial" "$root"

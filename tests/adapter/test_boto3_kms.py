@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import botocore.client
@@ -20,30 +19,12 @@ from tests.support.kms_emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
-    EmulatorProcess,
-    start_emulator_process,
 )
 from tests.support.tcp_proxy import TcpProxy
 
 REGION = "us-east-1"
 DIGEST = hashlib.sha256(b"adapter").digest()
 ROLE = "arn:aws:iam::222233334444:role/spire-server"
-
-
-@pytest.fixture(scope="module")
-def emulator_process() -> Iterator[EmulatorProcess]:
-    with start_emulator_process() as process:
-        yield process
-
-
-@pytest.fixture
-def emulator(emulator_process: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> EmulatorControl:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    control = emulator_process.control()
-    control.reset()
-    return control
 
 
 def adapter(endpoint: str, **settings: Any) -> Boto3Kms:

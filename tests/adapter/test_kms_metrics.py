@@ -4,8 +4,6 @@ retries, latency, and the state of the circuit breaker."""
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,59 +12,19 @@ from plugin import deadline
 from plugin.awsclient import ClientSettings
 from plugin.kms import Boto3Kms
 from plugin.kmsapi import KmsError
-from plugin.metrics import Key, Labels
+from plugin.metrics import Key
 from tests.support.kms_emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
-    EmulatorProcess,
-    start_emulator_process,
 )
+from tests.support.metrics_recorder import Recorder
 
 REGION = "us-east-1"
 DIGEST = hashlib.sha256(b"metrics").digest()
 SIGN: Key = ("server_key_manager", "aws_kms", "kms", "sign")
 CREATE_KEY: Key = ("server_key_manager", "aws_kms", "kms", "create_key")
 BREAKER: Key = ("server_key_manager", "aws_kms", "kms", "circuit_breaker_open")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, Key, float, Labels]] = []
-
-    def incr_counter(self, key: Key, value: float = 1.0, labels: Labels = ()) -> None:
-        self.reports.append(("counter", key, value, labels))
-
-    def set_gauge(self, key: Key, value: float, labels: Labels = ()) -> None:
-        self.reports.append(("gauge", key, value, labels))
-
-    def measure_since(self, key: Key, start: float, labels: Labels = ()) -> None:
-        self.reports.append(("sample", key, time.monotonic() - start, labels))
-
-    def counted(self, key: Key, labels: Labels = ()) -> float:
-        return sum(v for kind, k, v, ls in self.reports if kind == "counter" and k == key and ls == labels)
-
-    def gauges(self, key: Key) -> list[float]:
-        return [v for kind, k, v, _ in self.reports if kind == "gauge" and k == key]
-
-    def samples(self, key: Key, labels: Labels) -> list[float]:
-        return [v for kind, k, v, ls in self.reports if kind == "sample" and k == key and ls == labels]
-
-
-@pytest.fixture(scope="module")
-def emulator_process() -> Iterator[EmulatorProcess]:
-    with start_emulator_process() as process:
-        yield process
-
-
-@pytest.fixture
-def emulator(emulator_process: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> EmulatorControl:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    control = emulator_process.control()
-    control.reset()
-    return control
 
 
 def adapter(endpoint: str, recorder: Recorder, **settings: Any) -> Boto3Kms:

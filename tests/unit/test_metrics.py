@@ -20,34 +20,16 @@ from plugin.goplugin import HostServices as Announced
 from plugin.hostmetrics import HostMetrics
 from plugin.keymanager import KeyManager, KeySettings
 from plugin.lifecycle import DeletionQueue, PeriodicRunner, PeriodicTask
-from plugin.metrics import Key, Labels, Relay
+from plugin.metrics import Key, Relay
 from plugin.naming import CommunityScheme
 from plugin.service import PluginServices
 from proto_gen.goplugin import broker_pb2
 from tests.support.fake_kms import FakeKms
 from tests.support.host_services import HostServices
+from tests.support.metrics_recorder import Recorder
 
 SIGN: Key = ("server_key_manager", "aws_kms", "kms", "sign")
 SIGN_ELAPSED: Key = ("server_key_manager", "aws_kms", "kms", "sign", "elapsed_time")
-
-
-class Recorder:
-    """A sink that keeps every report, as the core and the adapter make them."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, Key, float, Labels]] = []
-
-    def incr_counter(self, key: Key, value: float = 1.0, labels: Labels = ()) -> None:
-        self.reports.append(("counter", key, value, labels))
-
-    def set_gauge(self, key: Key, value: float, labels: Labels = ()) -> None:
-        self.reports.append(("gauge", key, value, labels))
-
-    def measure_since(self, key: Key, start: float, labels: Labels = ()) -> None:
-        self.reports.append(("sample", key, round(time.monotonic() - start, 1), labels))
-
-    def gauges(self, key: Key) -> list[float]:
-        return [v for kind, k, v, _ in self.reports if kind == "gauge" and k == key]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +51,7 @@ def test_operations_are_named_as_spire_names_its_metrics(operation: str, key: Ke
 
 
 def test_a_call_is_a_count_and_an_elapsed_time_with_its_status() -> None:
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     start = time.monotonic() - 0.2
     metrics.observe_call(recorder, SIGN, start)
     metrics.observe_call(recorder, SIGN, start, "ThrottlingException")
@@ -82,13 +64,13 @@ def test_a_call_is_a_count_and_an_elapsed_time_with_its_status() -> None:
 
 
 def test_a_status_from_something_that_is_not_aws_is_cut_short() -> None:
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     metrics.observe_call(recorder, SIGN, time.monotonic(), "X" * 500)
     assert recorder.reports[0][3] == (("status", "X" * 64),)
 
 
 def test_failed_attempts_count_throttles_and_retries() -> None:
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     metrics.observe_failed_attempt(recorder, "Sign", "ThrottlingException", throttled=True, retried=True)
     metrics.observe_failed_attempt(recorder, "Sign", "ThrottlingException", throttled=True, retried=False)
     metrics.observe_failed_attempt(recorder, "Sign", "Timeout", throttled=False, retried=True)
@@ -103,14 +85,14 @@ def test_failed_attempts_count_throttles_and_retries() -> None:
 def test_a_relay_reports_nowhere_until_connected() -> None:
     relay = Relay()
     relay.incr_counter(SIGN)
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     relay.connect(recorder)
     relay.set_gauge(metrics.KEYS, 2.0)
     assert recorder.reports == [("gauge", ("server_key_manager", "aws_kms", "keys"), 2.0, ())]
 
 
 def test_keys_managed_and_deletions_pending_are_gauges() -> None:
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     kms = FakeKms()
     deletions = DeletionQueue(wait=lambda event, seconds: event.wait(0.01), metrics=recorder)
     keys = KeyManager(deletions, metrics=recorder)
@@ -131,7 +113,7 @@ def test_keys_managed_and_deletions_pending_are_gauges() -> None:
 
 @pytest.mark.parametrize("outcome", ["failures", "exception"])
 def test_a_background_pass_that_failed_is_counted_as_failed(outcome: str) -> None:
-    recorder = Recorder()
+    recorder = Recorder(sample_digits=1)
     stopped = threading.Event()
 
     def disposal() -> int:
