@@ -593,12 +593,6 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         raise KmsError(f"{operation} ({step})", code, message) from None
     except KmsError as err:
         raise KmsError(operation, err.code, err.message) from None
-    except OSError as err:
-        unreadable = unreadable_token_file(err)
-        if unreadable is None:
-            raise
-        step, message = unreadable
-        raise KmsError(f"{operation} ({step})", "NoCredentials", message) from None
     except botocore.parsers.ResponseParserError as err:
         # Only from a client without `GuardedParser`; botocore's message quotes the whole body.
         message = f"the answer could not be parsed: {excerpt(str(err))}"
@@ -606,3 +600,10 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
     except botocore.exceptions.BotoCoreError as err:
         code = transport_code(err) or type(err).__name__
         raise KmsError(operation, code, bounded(str(err))) from None
+    except OSError as err:
+        # Last: botocore's SSL and timeout errors are OSErrors too (through requests' exceptions).
+        unreadable = unreadable_token_file(err)
+        if unreadable is None:
+            raise
+        step, message = unreadable
+        raise KmsError(f"{operation} ({step})", "NoCredentials", message) from None

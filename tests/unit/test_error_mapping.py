@@ -219,3 +219,30 @@ def test_a_token_file_that_is_not_mounted_is_missing_credentials_and_kms_is_not_
         assert error.message == f"failed to {ACTION}: " + expected.format(operation)
     # Made (web identity: botocore defers the exchange) or not (Pod Identity: botocore asks at once).
     assert kms._built is None or not kms._built[0].kms_breaker.is_open
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (
+            botocore.exceptions.SSLError(endpoint_url="https://kms", error="CERTIFICATE_VERIFY_FAILED"),
+            "Unreachable",
+        ),
+        (botocore.exceptions.ConnectTimeoutError(endpoint_url="https://kms"), "Timeout"),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="https://kms"), "Timeout"),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="https://kms"), "Unreachable"),
+    ],
+    ids=["ssl", "connect-timeout", "read-timeout", "refused"],
+)
+def test_transport_failures_are_unavailable_though_botocore_makes_some_of_them_oserrors(
+    failure: Exception, code: str
+) -> None:
+    # botocore's SSL and timeout errors also derive from OSError (through requests' exceptions): they must
+    # not be taken for an unreadable token file and escape as an unexpected failure (INTERNAL).
+    def fail() -> None:
+        raise failure
+
+    with pytest.raises(KmsError) as raised:
+        translate("Sign", fail)
+    assert raised.value.code == code
+    assert plugin_error(raised.value, 'sign with key "x509-CA-A"').kind is ErrorKind.UNAVAILABLE
