@@ -61,8 +61,10 @@ export SOURCE_DATE_EPOCH BUILD_COMMIT BUILD_DATE
 write_sums() {
     (
         cd "$distpath"
-        shopt -s nullglob
-        binaries=(aws-kms-keymanager-linux-*)
+        binaries=()
+        for arch in amd64 arm64; do
+            if [[ -f aws-kms-keymanager-linux-$arch ]]; then binaries+=("aws-kms-keymanager-linux-$arch"); fi
+        done
         if ((${#binaries[@]})); then sha256sum "${binaries[@]}"; fi >SHA256SUMS.partial
         mv SHA256SUMS.partial SHA256SUMS
     )
