@@ -62,6 +62,12 @@ def test_spire_shows_the_plugins_metrics(
         lambda s: (
             value(s, "spire_server_server_key_manager_aws_kms_keys") == len(aliases)
             and (value(s, "spire_server_server_key_manager_aws_kms_kms_sign", status="OK") or 0) >= 2
+            # Samples reach SPIRE apart from the counters: wait for both, not the first to arrive.
+            and (
+                value(s, "spire_server_server_key_manager_aws_kms_kms_sign_elapsed_time_count", status="OK")
+                or 0
+            )
+            >= 2
         ),
     )
     # The plugin's keys: x509-CA-A and JWT-Signer-A on a fresh start.
