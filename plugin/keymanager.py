@@ -1,6 +1,6 @@
 """The key manager core: SPIRE's keys, cached in memory, generated, replaced and used through KMS.
 
-No gRPC and no boto3 here. Public keys are answered from memory; only signing and key generation reach
+No gRPC and no botocore here. Public keys are answered from memory; only signing and key generation reach
 KMS. Signing and reading never wait for a lock held across a KMS call: the only such lock is the one per
 key id that serialises generating that key with generating it again, or with its heartbeat.
 

@@ -1,7 +1,7 @@
 """The KMS adapter. One method per KMS operation the core needs; botocore failures become `KmsError`
 with the AWS error code, and nothing else leaks upward. The client itself (credentials, endpoints, retry
 and deadline policy) comes from `plugin.awsclient`, and Sign takes the lean path of `plugin.signpath`; these
-three are the only modules that import boto3 or botocore."""
+three are the only modules that import botocore."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _required(answer: Mapping[str, Any], field: str, operation: str) -> Any:
         raise KmsError(operation, UNPARSEABLE, f"the answer has no {field}: it is not a KMS answer") from None
 
 
-class Boto3Kms:
+class BotocoreKms:
     """Implements `plugin.kmsapi.Kms` against AWS KMS (or any endpoint botocore is pointed at)."""
 
     def __init__(self, settings: ClientSettings, metrics: Metrics = NO_METRICS) -> None:

@@ -1,7 +1,7 @@
 """The narrow view of KMS the key manager core needs, and how KMS errors become plugin errors.
 
-The core depends only on this module; `plugin.kms` implements `Kms` with boto3 and a fake implements it in
-unit tests. Keeping boto3 out of this module also keeps it out of the plugin's start-up path.
+The core depends only on this module; `plugin.kms` implements `Kms` with botocore and a fake implements it in
+unit tests. Keeping botocore out of this module also keeps it out of the plugin's start-up path.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from plugin import deadline
 from plugin.awsclient import ClientSettings
-from plugin.kms import Boto3Kms
+from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError
 from plugin.metrics import Key
 from tests.support.kms_emulator import (
@@ -27,8 +27,8 @@ CREATE_KEY: Key = ("server_key_manager", "aws_kms", "kms", "create_key")
 BREAKER: Key = ("server_key_manager", "aws_kms", "kms", "circuit_breaker_open")
 
 
-def adapter(endpoint: str, recorder: Recorder, **settings: Any) -> Boto3Kms:
-    return Boto3Kms(
+def adapter(endpoint: str, recorder: Recorder, **settings: Any) -> BotocoreKms:
+    return BotocoreKms(
         ClientSettings(
             region=REGION,
             access_key_id=DUMMY_ACCESS_KEY_ID,

@@ -1,5 +1,5 @@
 """High availability on one KMS: several servers, each a key manager with the real boto3 adapter
-(plugin.kms.Boto3Kms), on the KMS emulator, with the emulator's clock and the servers' clock moved together
+(plugin.kms.BotocoreKms), on the KMS emulator, with the emulator's clock and the servers' clock moved together
 through simulated weeks. Silent servers and crashes leave keys; exactly those are reclaimed, on time."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from plugin.algorithms import HashAlgorithm, KeyType
 from plugin.awsclient import ClientSettings
 from plugin.keymanager import KeyManager, KeySettings, ManagedKey
-from plugin.kms import Boto3Kms
+from plugin.kms import BotocoreKms
 from plugin.lifecycle import DeletionQueue
 from plugin.naming import TAG_ACTIVE, TAG_LAST_UPDATE, BuiltinScheme
 from tests.support.fake_clock import ManualClock
@@ -40,8 +40,8 @@ class Cluster:
         self.servers: list[KeyManager] = []
         self.aws: Any = emulator.kms_client()
 
-    def kms(self) -> Boto3Kms:
-        return Boto3Kms(
+    def kms(self) -> BotocoreKms:
+        return BotocoreKms(
             ClientSettings(
                 region=REGION, access_key_id=DUMMY_ACCESS_KEY_ID, secret_access_key=DUMMY_SECRET_ACCESS_KEY
             )
@@ -253,7 +253,7 @@ def test_default_key_policy_for_an_assumed_role_on_the_emulator(
     keys = KeyManager(cluster.deletions, clock=cluster.clock)
     keys.configure(
         KeySettings(BuiltinScheme("example.org", "server1"), {}, None, 7, default_key_policy=True),
-        Boto3Kms(ClientSettings(region=REGION)),
+        BotocoreKms(ClientSettings(region=REGION)),
     )
     cluster.servers.append(keys)
     key = keys.generate_key("x509-CA-A", KeyType.EC_P256)

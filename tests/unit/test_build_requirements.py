@@ -36,14 +36,14 @@ def test_every_requirement_is_pinned_to_one_version() -> None:
 
 def test_the_build_root_gets_what_the_x86_64_build_has_installed() -> None:
     printed = {_name(r.name): str(r.specifier) for r in _printed_requirements()}
-    for name in ("grpcio", "protobuf", "boto3", "botocore", "pyhcl", "pyinstaller", "staticx"):
+    for name in ("grpcio", "protobuf", "botocore", "pyhcl", "pyinstaller", "staticx"):
         assert printed[name] == f"=={metadata.version(name)}", name
 
 
 def test_everything_the_bundled_packages_need_is_pinned_too() -> None:
     pinned = {_name(r.name) for r in _printed_requirements()}
     unpinned = set()
-    for name in ("grpcio", "protobuf", "boto3", "botocore", "s3transfer", "python-dateutil", "pyhcl"):
+    for name in ("grpcio", "protobuf", "botocore", "python-dateutil", "pyhcl"):
         for line in metadata.requires(name) or []:
             needed = Requirement(line)
             applies = needed.marker is None or needed.marker.evaluate({"extra": ""})

@@ -14,7 +14,7 @@ from botocore.utils import ContainerMetadataFetcher
 
 from plugin.awsclient import ClientSettings, translate
 from plugin.errors import ErrorKind, PluginError
-from plugin.kms import Boto3Kms
+from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError, plugin_error
 from tests.support.credential_sources import FakeContainerCredentials
 
@@ -201,7 +201,7 @@ def test_a_token_file_that_is_not_mounted_is_missing_credentials_and_kms_is_not_
     monkeypatch.setenv(variable, str(missing))
     for name, value in others.items():
         monkeypatch.setenv(name, value)
-    kms = Boto3Kms(ClientSettings(region="us-east-1", endpoint="http://127.0.0.1:9"))
+    kms = BotocoreKms(ClientSettings(region="us-east-1", endpoint="http://127.0.0.1:9"))
     expected = (
         f"KMS {{}} (credentials from {variable}) returned NoCredentials: "
         f'cannot read {variable} "{missing}": No such file or directory'

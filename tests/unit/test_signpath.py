@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from plugin.awsclient import ClientSettings
-from plugin.kms import Boto3Kms
+from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError
 
 SIGNATURE = b"\x30\x44" + b"\x01" * 68
@@ -66,14 +66,14 @@ def script() -> Script:
 
 
 @pytest.fixture
-def kms(script: Script, monkeypatch: pytest.MonkeyPatch) -> Iterator[Boto3Kms]:
+def kms(script: Script, monkeypatch: pytest.MonkeyPatch) -> Iterator[BotocoreKms]:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     server = _server(script)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Boto3Kms(
+        yield BotocoreKms(
             ClientSettings(
                 region="us-east-1",
                 access_key_id="AKIDEXAMPLE",
@@ -91,7 +91,7 @@ def _signed(script: Script) -> None:
 
 
 def test_a_sign_is_one_sigv4_signed_json_request_and_returns_the_signature(
-    kms: Boto3Kms, script: Script
+    kms: BotocoreKms, script: Script
 ) -> None:
     _signed(script)
     assert kms.sign(KEY_ARN, b"\x11" * 32, "ECDSA_SHA_256") == SIGNATURE
@@ -110,7 +110,7 @@ def test_a_sign_is_one_sigv4_signed_json_request_and_returns_the_signature(
     assert "wJalrXUtnFEMI" not in json.dumps(request)
 
 
-def test_signatures_in_a_row_share_one_kept_alive_connection(kms: Boto3Kms, script: Script) -> None:
+def test_signatures_in_a_row_share_one_kept_alive_connection(kms: BotocoreKms, script: Script) -> None:
     _signed(script)
     for _ in range(5):
         kms.sign(KEY_ARN, b"\x11" * 32, "ECDSA_SHA_256")
@@ -119,7 +119,7 @@ def test_signatures_in_a_row_share_one_kept_alive_connection(kms: Boto3Kms, scri
 
 
 def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error(
-    kms: Boto3Kms, script: Script
+    kms: BotocoreKms, script: Script
 ) -> None:
     _signed(script)
     script.close_after_each = True
@@ -129,7 +129,9 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error(
     assert len(set(script.peers)) == 3
 
 
-def test_kms_refusal_is_reported_with_its_code_and_message_unretried(kms: Boto3Kms, script: Script) -> None:
+def test_kms_refusal_is_reported_with_its_code_and_message_unretried(
+    kms: BotocoreKms, script: Script
+) -> None:
     script.answers.append(
         (400, {"__type": "NotFoundException", "message": f"Key '{KEY_ARN}' does not exist"})
     )
@@ -140,7 +142,7 @@ def test_kms_refusal_is_reported_with_its_code_and_message_unretried(kms: Boto3K
     assert len(script.requests) == 1
 
 
-def test_throttling_is_retried_until_kms_signs(kms: Boto3Kms, script: Script) -> None:
+def test_throttling_is_retried_until_kms_signs(kms: BotocoreKms, script: Script) -> None:
     throttled = (400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
     script.answers.extend([throttled, throttled])
     _signed(script)
@@ -148,7 +150,7 @@ def test_throttling_is_retried_until_kms_signs(kms: Boto3Kms, script: Script) ->
     assert len(script.requests) == 3
 
 
-def test_a_200_without_a_signature_is_no_kms_answer(kms: Boto3Kms, script: Script) -> None:
+def test_a_200_without_a_signature_is_no_kms_answer(kms: BotocoreKms, script: Script) -> None:
     script.answers.append((200, {"KeyId": KEY_ARN}))
     with pytest.raises(KmsError) as raised:
         kms.sign(KEY_ARN, b"\x11" * 32, "ECDSA_SHA_256")

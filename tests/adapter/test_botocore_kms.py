@@ -13,7 +13,7 @@ import pytest
 
 from plugin import awsclient, deadline
 from plugin.awsclient import AssumeRole, ClientSettings, kms_client
-from plugin.kms import Boto3Kms
+from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError
 from tests.support.kms_emulator import (
     DUMMY_ACCESS_KEY_ID,
@@ -27,8 +27,8 @@ DIGEST = hashlib.sha256(b"adapter").digest()
 ROLE = "arn:aws:iam::222233334444:role/spire-server"
 
 
-def adapter(endpoint: str, **settings: Any) -> Boto3Kms:
-    return Boto3Kms(
+def adapter(endpoint: str, **settings: Any) -> BotocoreKms:
+    return BotocoreKms(
         ClientSettings(
             region=REGION,
             access_key_id=DUMMY_ACCESS_KEY_ID,
@@ -39,11 +39,11 @@ def adapter(endpoint: str, **settings: Any) -> Boto3Kms:
     )
 
 
-def new_key(kms: Boto3Kms) -> str:
+def new_key(kms: BotocoreKms) -> str:
     return kms.create_key("ECC_NIST_P256", "adapter test", {}, None).arn
 
 
-def sign(kms: Boto3Kms, arn: str) -> bytes:
+def sign(kms: BotocoreKms, arn: str) -> bytes:
     return kms.sign(arn, DIGEST, "ECDSA_SHA_256")
 
 
