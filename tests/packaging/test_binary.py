@@ -21,10 +21,11 @@ from tests.packaging.conftest import REPO, Runner, unpack_dirs
 
 pytestmark = pytest.mark.binary
 
-# Measured: 21,375,440 bytes with staticx's loader and C library (17,912,120 without; PyInstaller 6.22.3,
-# CPython 3.11.7, grpcio 1.85.1, boto3 1.44.5). 25 MB is the promise to operators; going over it means a trim
-# stopped working (the untrimmed build is ~50 MB) or the staticx archive got compressed or bloated.
-SIZE_BUDGET_BYTES = 25_000_000
+# Measured: 50,917,840 bytes with staticx's loader and C library (PyInstaller 6.22.3, CPython 3.11.7, grpcio
+# 1.85.1, botocore 1.44.8), nothing compressed (compressed, 21 MB, it started 0.2 s slower). 55 MB is the
+# promise to operators; going over it means a trim stopped working (botocore's models alone would add
+# hundreds of MB) or something new got bundled.
+SIZE_BUDGET_BYTES = 55_000_000
 
 NOT_A_COMMAND_HINT = "This binary is a plugin"
 
@@ -201,7 +202,8 @@ def test_botocore_data_is_trimmed_to_what_the_plugin_uses(bundle: Bundle) -> Non
 
 
 def test_dropped_data_stays_dropped(bundle: Bundle) -> None:
-    assert not [n for n in bundle.files if n.startswith("boto3/data/")]
+    # The plugin speaks to AWS through botocore alone: boto3 (and the s3transfer it imports) cost 0.1 s.
+    assert not [m for m in bundle.modules if m.split(".")[0] in ("boto3", "s3transfer")]
     assert not [n for n in bundle.files if n.startswith("dateutil/zoneinfo/")]
     assert not [n for n in bundle.files if n.endswith((".pyi", ".h", ".cc"))]
     assert not [n for n in bundle.files if "_codecs_" in n or "_multibytecodec" in n]
@@ -209,7 +211,7 @@ def test_dropped_data_stays_dropped(bundle: Bundle) -> None:
 
 def test_runtime_modules_are_bundled(bundle: Bundle) -> None:
     # The plugin imports these lazily (after the handshake), so nothing else would notice them missing.
-    needed = {"plugin.service", "plugin.kms", "plugin.config", "boto3", "botocore.credentials", "hcl", "grpc"}
+    needed = {"plugin.service", "plugin.kms", "plugin.config", "botocore.credentials", "hcl", "grpc"}
     assert needed <= bundle.modules
 
 
