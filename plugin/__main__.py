@@ -71,6 +71,10 @@ def main(argv: list[str]) -> int:
     # host-services server; SPIRE would take each line for a raw debug message. Errors still show. Read
     # when gRPC loads, so set first; an operator's own setting wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC's EventEngine reads and writes the socket on threads of its own and hands each completion to
+    # the Python server's polling thread: twice the thread switches per call of the classic poller, which
+    # serves from the polling thread itself (12 against 6 per unary call, 0.41 against 0.33 ms of CPU).
+    os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_listener,-event_engine_for_all_other_endpoints")
     # Imported only now, so a human asking for --help does not wait for gRPC to load.
     from plugin import goplugin, service
 
