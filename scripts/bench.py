@@ -4,13 +4,16 @@ Prints side by side, for EC P-256 and RSA-2048 keys and 1 and 16 callers:
 
 - CPU per signature: of the whole plugin process tree (launchers included) per SignData, against a
   separate Python process calling boto3's `kms.sign` on the same key, per call;
-- latency p50/p99 of SignData through the plugin's unix socket (as SPIRE calls it) and of boto3's Sign;
+- latency p50/p99 of SignData through the plugin's unix socket and of boto3's Sign.
 
-then GetPublicKey(s) latency and the KMS calls they made, spawn-to-handshake time, binary size and the
+The plugin is called as SPIRE calls it: by a Go program (scripts/benchclient, built here with Go's caches)
+using grpc-go and the SPIRE plugin SDK's client. Each row alternates blocks of the plugin's calls with
+blocks of boto3's, so that a change in the machine's speed during the row falls on both sides alike.
+Then GetPublicKey(s) latency and the KMS calls they made, spawn-to-handshake time, binary size and the
 RSS of the plugin tree. `--spire` runs the SPIRE workload instead (`scripts/bench_spire.py`: mints with
 SPIRE's built-in aws_kms against mints with this plugin, and start to healthy).
 
-    .venv/bin/python scripts/bench.py [--signs N] [--starts N] [--callers 1,16]
+    .venv/bin/python scripts/bench.py [--signs N] [--blocks N] [--starts N] [--callers 1,16]
     .venv/bin/python scripts/bench.py --spire [bench_spire.py's options]
 
 The emulator answers each request on a new connection (werkzeug closes every one), so both sides pay a
@@ -59,6 +62,9 @@ class Run:
 
     def cpu_ms(self) -> float:
         return 1000 * self.cpu / len(self.latencies)
+
+    def __add__(self, other: Run) -> Run:
+        return Run(self.cpu + other.cpu, self.latencies + other.latencies)
 
     def percentile_ms(self, fraction: float) -> float:
         ordered = sorted(self.latencies)
@@ -128,59 +134,125 @@ def timed_calls(call: Callable[[], object], count: int, callers: int) -> list[fl
 
 
 def boto3_worker(argv: list[str]) -> int:
-    """The baseline, in a process of its own so that its CPU is counted as the plugin's is: reads
-    {"url", "arn", "algorithm", "count", "callers"} on stdin, prints {"cpu", "latencies"}."""
+    """The baseline, in a process of its own so that its CPU is counted as the plugin's is. Its argument
+    is the emulator's URL; then, one job per line on stdin ({"arn", "algorithm", "count", "callers"}),
+    it answers one line {"cpu", "latencies"} on stdout. It lives for the whole run, so that its blocks of
+    calls can alternate with the plugin's."""
     import boto3
     import botocore.config
 
-    job = json.loads(sys.stdin.read())
     client = boto3.client(
         "kms",
         region_name="us-east-1",
-        endpoint_url=job["url"],
+        endpoint_url=argv[0],
         aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         config=botocore.config.Config(max_pool_connections=32, retries={"total_max_attempts": 1}),
     )
     digest = hashlib.sha256(b"benchmark").digest()
+    warmed: set[tuple[str, int]] = set()
+    for line in sys.stdin:
+        job = json.loads(line)
+        request = {
+            "KeyId": job["arn"],
+            "Message": digest,
+            "MessageType": "DIGEST",
+            "SigningAlgorithm": job["algorithm"],
+        }
 
-    def sign() -> object:
-        return client.sign(
-            KeyId=job["arn"], Message=digest, MessageType="DIGEST", SigningAlgorithm=job["algorithm"]
-        )
+        def sign(request: dict[str, object] = request) -> object:
+            return client.sign(**request)
 
-    timed_calls(sign, WARMUP, job["callers"])
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    latencies = timed_calls(sign, job["count"], job["callers"])
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(json.dumps({"cpu": cpu, "latencies": latencies}))
+        if (job["arn"], job["callers"]) not in warmed:
+            timed_calls(sign, WARMUP, job["callers"])
+            warmed.add((job["arn"], job["callers"]))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        latencies = timed_calls(sign, job["count"], job["callers"])
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        print(json.dumps({"cpu": cpu, "latencies": latencies}), flush=True)
     return 0
 
 
-def boto3_run(url: str, arn: str, algorithm: str, count: int, callers: int) -> Run:
-    job = {"url": url, "arn": arn, "algorithm": algorithm, "count": count, "callers": callers}
-    result = subprocess.run(
-        [sys.executable, __file__, "--boto3-worker"],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
+class Baseline:
+    """The boto3 worker process (`boto3_worker`)."""
+
+    def __init__(self, url: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--boto3-worker", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, arn: str, algorithm: str, count: int, callers: int) -> Run:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        job = {"arn": arn, "algorithm": algorithm, "count": count, "callers": callers}
+        self._process.stdin.write(json.dumps(job) + "\n")
+        self._process.stdin.flush()
+        answer = json.loads(self._process.stdout.readline())
+        return Run(cpu=answer["cpu"], latencies=answer["latencies"])
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=30)
+
+
+def go_client() -> Path:
+    """scripts/benchclient built (cached by Go) with the Go caches install_spire.sh fills."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aws-kms-keymanager" / "go"
+    output = ROOT / "build" / "benchclient" / "benchclient"
+    env = {
+        **os.environ,
+        "GOPATH": str(cache / "path"),
+        "GOMODCACHE": str(cache / "path" / "pkg" / "mod"),
+        "GOCACHE": str(cache / "build"),
+        "GOFLAGS": "-modcacherw",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+    }
+    subprocess.run(
+        ["go", "build", "-trimpath", "-o", str(output), "."],
+        cwd=ROOT / "scripts" / "benchclient",
+        env=env,
         check=True,
     )
-    answer = json.loads(result.stdout)
-    return Run(cpu=answer["cpu"], latencies=answer["latencies"])
+    return output
 
 
-def plugin_run(plugin: PluginProcess, key_id: str, count: int, callers: int) -> Run:
-    digest = hashlib.sha256(b"benchmark").digest()
+@dataclass(frozen=True)
+class Caller:
+    """Calls the plugin as SPIRE does (scripts/benchclient: grpc-go and the plugin SDK's client)."""
 
-    def sign() -> object:
-        return plugin.sign_data(key_id, digest, hash_algorithm=km.SHA256)
+    client: Path
+    plugin: PluginProcess
 
-    timed_calls(sign, WARMUP, callers)
-    before = tree_cpu(plugin.pid)
-    latencies = timed_calls(sign, count, callers)
-    return Run(cpu=tree_cpu(plugin.pid) - before, latencies=latencies)
+    def latencies(
+        self, method: str, count: int, callers: int = 1, key_id: str = "", warmup: int = 0
+    ) -> list[float]:
+        result = subprocess.run(
+            [
+                str(self.client),
+                f"-socket={self.plugin.socket_path}",
+                f"-method={method}",
+                f"-key={key_id}",
+                f"-count={count}",
+                f"-callers={callers}",
+                f"-warmup={warmup}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return list(json.loads(result.stdout)["latencies"])
+
+    def sign_run(self, key_id: str, count: int, callers: int, warm: bool) -> Run:
+        if warm:
+            self.latencies("sign", WARMUP, callers, key_id)
+        before = tree_cpu(self.plugin.pid)
+        latencies = self.latencies("sign", count, callers, key_id)
+        return Run(cpu=tree_cpu(self.plugin.pid) - before, latencies=latencies)
 
 
 def startup_ms(env: dict[str, str], starts: int) -> float:
@@ -192,15 +264,20 @@ def startup_ms(env: dict[str, str], starts: int) -> float:
     return statistics.median(handshakes)
 
 
-def public_key_latency(plugin: PluginProcess, key_id: str, count: int) -> tuple[float, float]:
+def public_key_latency(caller: Caller, key_id: str, count: int) -> tuple[float, float]:
     """p50 in ms of GetPublicKey and of GetPublicKeys."""
-    single = timed_calls(lambda: plugin.get_public_key(key_id), count, 1)
-    every = timed_calls(plugin.get_public_keys, count, 1)
+    single = caller.latencies("getpublickey", count, key_id=key_id, warmup=WARMUP)
+    every = caller.latencies("getpublickeys", count, warmup=WARMUP)
     return 1000 * statistics.median(single), 1000 * statistics.median(every)
 
 
-def sign_table(plugin: PluginProcess, url: str, kms: object, signs: int, callers_list: list[int]) -> None:
-    print(f"\nSign: {signs} calls per row; CPU per call (plugin: its whole process tree)")
+def sign_table(
+    caller: Caller, baseline: Baseline, kms: object, signs: int, callers_list: list[int], blocks: int
+) -> None:
+    print(
+        f"\nSign: {signs} calls per row, in {blocks} blocks alternating between the plugin and boto3 (so "
+        "that a change in the machine's speed falls on both);\nCPU per call (plugin: its whole process tree)"
+    )
     header = (
         f"{'key':<9} {'callers':>7}  {'plugin cpu':>10} {'boto3 cpu':>9} {'ratio':>6}"
         f"  {'plugin p50/p99 ms':>17}  {'boto3 p50/p99 ms':>16}  {'+p50 ms':>7}"
@@ -211,8 +288,10 @@ def sign_table(plugin: PluginProcess, url: str, kms: object, signs: int, callers
         key_id = f"bench-{name}"
         arn = kms.describe_key(KeyId=f"alias/SPIRE_SERVER_KEY/{key_id}")["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
         for callers in callers_list:
-            ours = plugin_run(plugin, key_id, signs, callers)
-            direct = boto3_run(url, arn, algorithm, signs, callers)
+            ours, direct = Run(0.0, []), Run(0.0, [])
+            for block in range(blocks):
+                ours += caller.sign_run(key_id, signs // blocks, callers, warm=block == 0)
+                direct += baseline.run(arn, algorithm, signs // blocks, callers)
             print(
                 f"{name:<9} {callers:>7}  {ours.cpu_ms():>7.3f} ms {direct.cpu_ms():>6.3f} ms"
                 f" {ours.cpu_ms() / direct.cpu_ms():>6.2f}"
@@ -235,6 +314,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--signs", type=int, default=1000, help="signatures per row (1000)")
     parser.add_argument("--starts", type=int, default=5, help="plugin starts to time (5)")
+    parser.add_argument("--blocks", type=int, default=10, help="alternating blocks per row (10)")
     parser.add_argument(
         "--callers", default="1,16", help="concurrent callers per row, comma-separated (1,16)"
     )
@@ -243,6 +323,7 @@ def main(argv: list[str]) -> int:
         print(f"{BINARY} is missing: run scripts/build.sh first", file=sys.stderr)
         return 1
     callers_list = [int(value) for value in args.callers.split(",")]
+    client = go_client()
 
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
@@ -261,9 +342,14 @@ def main(argv: list[str]) -> int:
             for key_type, _ in KEYS:
                 plugin.generate_key(f"bench-{km.KeyType.Name(key_type)}", key_type)
             print(f"plugin tree RSS after Configure and two keys: {tree_rss_mb(plugin.pid):.1f} MB")
-            sign_table(plugin, emulator.url, kms, args.signs, callers_list)
+            caller = Caller(client, plugin)
+            baseline = Baseline(emulator.url)
+            try:
+                sign_table(caller, baseline, kms, args.signs, callers_list, args.blocks)
+            finally:
+                baseline.close()
             control.reset_calls()
-            single, every = public_key_latency(plugin, "bench-EC_P256", 500)
+            single, every = public_key_latency(caller, "bench-EC_P256", 1000)
             calls = sum(control.calls().values())
             print(f"\nGetPublicKey p50 {single:.3f} ms, GetPublicKeys p50 {every:.3f} ms; KMS calls: {calls}")
             print(f"plugin tree RSS after the run: {tree_rss_mb(plugin.pid):.1f} MB")

@@ -4,10 +4,13 @@ the same KMS emulator, in one run, side by side.
 The workload mints X509-SVIDs and JWT-SVIDs through SPIRE's server API on its admin socket (what
 `spire-server x509 mint` / `jwt mint` call, without paying for a CLI process per call), one at a time and
 from concurrent clients. Every mint is one KeyManager SignData and one KMS Sign. Both servers run the same
-spire-server binary, configuration and key types; only the KeyManager block differs. The emulator (moto)
-dominates the absolute numbers: the ratio is what the plugin costs.
+spire-server binary, configuration and key types; only the KeyManager block differs. Each round starts
+both (timed from launch to healthy, as `spire-server healthcheck` asks) and runs each workload in blocks
+alternating between them, so that a change in the machine's speed falls on both alike. The emulator
+(moto) dominates the absolute numbers: the ratio is what the plugin costs.
 
     .venv/bin/python scripts/bench_spire.py [--sequential N] [--concurrent N] [--workers N] [--key-type T]
+                                            [--rounds N] [--blocks N]
 
 Needs dist/aws-kms-keymanager-linux-amd64 (scripts/build.sh) and installs spire-server with
 scripts/install_spire.sh (cached; the first install compiles SPIRE and takes minutes).
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+from tests.conftest import BINARY  # noqa: E402
 from tests.support.kms_emulator import (  # noqa: E402
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
@@ -54,7 +58,8 @@ from tests.support.spire_server import (  # noqa: E402
     verify_x509_svid,
 )
 
-PLUGIN = ROOT / "dist" / "aws-kms-keymanager-linux-amd64"
+# dist/aws-kms-keymanager-linux-amd64, or the binary PLUGIN_BINARY names.
+PLUGIN = BINARY
 SPIFFE_PATH = "/bench"
 SPIFFE_ID = f"spiffe://{TRUST_DOMAIN}{SPIFFE_PATH}"
 AUDIENCE = "bench"
@@ -195,48 +200,100 @@ class Variant:
     keymanager: KeyManagerBlock
 
 
-def bench_variant(
-    variant: Variant, binary: Path, emulator_url: str, args: argparse.Namespace, csr_der: bytes
-) -> dict[str, Result]:
+WORKLOADS = ("x509 sequential", "x509 concurrent", "jwt sequential", "jwt concurrent")
+
+
+@dataclass
+class Running:
+    """One variant's server during a round, and its two mint calls."""
+
+    server: SpireServer
+    x509: Callable[[], bytes]
+    jwt: Callable[[], bytes]
+
+
+def start_variant(
+    variant: Variant, binary: Path, workdir: Path, emulator_url: str, args: argparse.Namespace, csr_der: bytes
+) -> Running:
+    """Start `variant`'s server and check one mint of each kind against its bundle."""
     settings = ServerSettings(ca_key_type=args.key_type, jwt_key_type=args.key_type, log_level="INFO")
-    results: dict[str, Result] = {}
-    with tempfile.TemporaryDirectory(prefix="spire-bench-") as workdir:
-        server = SpireServer(binary, Path(workdir), variant.keymanager, aws_env(emulator_url), settings)
-        with server:
-            started = time.perf_counter()
-            server.start()
-            results["start"] = Result(
-                1, time.perf_counter() - started, [(time.perf_counter() - started) * 1e3]
-            )
-            with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
-                mint_x509 = channel.unary_unary(
-                    MINT_X509, request_serializer=_identity, response_deserializer=_identity
+    server = SpireServer(binary, workdir, variant.keymanager, aws_env(emulator_url), settings)
+    server.start()
+    channel = grpc.insecure_channel(f"unix://{server.socket_path}")
+    mint_x509 = channel.unary_unary(MINT_X509, request_serializer=_identity, response_deserializer=_identity)
+    mint_jwt = channel.unary_unary(MINT_JWT, request_serializer=_identity, response_deserializer=_identity)
+    x509_request, jwt_request = mint_x509_request(csr_der), mint_jwt_request()
+    running = Running(
+        server,
+        lambda: bytes(mint_x509(x509_request, timeout=CALL_TIMEOUT)),
+        lambda: bytes(mint_jwt(jwt_request, timeout=CALL_TIMEOUT)),
+    )
+    # What is minted is real: check one of each against the server's bundle first.
+    bundle = server.bundle()
+    chain = [x509.load_der_x509_certificate(c) for c in x509_chain(running.x509())]
+    verify_x509_svid(chain, bundle.x509_authorities, SPIFFE_ID)
+    verify_jwt_svid(jwt_token(running.jwt()), server.bundle_jwks(), SPIFFE_ID, AUDIENCE)
+    run_workload(running.x509, args.warmup, 1)
+    run_workload(running.jwt, args.warmup, 1)
+    return running
+
+
+def start_times(
+    variants: list[Variant], binary: Path, emulator_url: str, args: argparse.Namespace
+) -> dict[str, Result]:
+    """`args.starts` starts of each server, alternating, each timed from launch to healthy, then stopped."""
+    settings = ServerSettings(ca_key_type=args.key_type, jwt_key_type=args.key_type, log_level="INFO")
+    times: dict[str, Result] = {}
+    for index in range(args.starts):
+        for variant in variants if index % 2 == 0 else variants[::-1]:
+            with tempfile.TemporaryDirectory(prefix="spire-bench-") as workdir:
+                server = SpireServer(
+                    binary, Path(workdir), variant.keymanager, aws_env(emulator_url), settings
                 )
-                mint_jwt = channel.unary_unary(
-                    MINT_JWT, request_serializer=_identity, response_deserializer=_identity
+                with server:
+                    started = time.perf_counter()
+                    server.start()
+                    elapsed = time.perf_counter() - started
+                    server.stop()
+            one = Result(1, elapsed, [elapsed * 1e3])
+            times[variant.name] = times[variant.name] + one if variant.name in times else one
+    return times
+
+
+def bench_round(
+    variants: list[Variant], binary: Path, emulator_url: str, args: argparse.Namespace, csr_der: bytes
+) -> dict[str, dict[str, Result]]:
+    """Both servers up at once, each workload in blocks alternating between them: a change in the
+    machine's speed during the round falls on both alike."""
+    results: dict[str, dict[str, Result]] = {variant.name: {} for variant in variants}
+    running: dict[str, Running] = {}
+    with tempfile.TemporaryDirectory(prefix="spire-bench-") as top:
+        try:
+            for variant in variants:
+                workdir = Path(top) / variant.name
+                workdir.mkdir()
+                running[variant.name] = start_variant(variant, binary, workdir, emulator_url, args, csr_der)
+            for name in WORKLOADS:
+                count, workers = (
+                    (args.sequential, 1) if name.endswith("sequential") else (args.concurrent, args.workers)
                 )
-                x509_request, jwt_request = mint_x509_request(csr_der), mint_jwt_request()
-
-                def x509_call() -> bytes:
-                    return bytes(mint_x509(x509_request, timeout=CALL_TIMEOUT))
-
-                def jwt_call() -> bytes:
-                    return bytes(mint_jwt(jwt_request, timeout=CALL_TIMEOUT))
-
-                # What is minted is real: check one of each against the server's bundle first.
-                bundle = server.bundle()
-                chain = [x509.load_der_x509_certificate(c) for c in x509_chain(x509_call())]
-                verify_x509_svid(chain, bundle.x509_authorities, SPIFFE_ID)
-                verify_jwt_svid(jwt_token(jwt_call()), server.bundle_jwks(), SPIFFE_ID, AUDIENCE)
-
-                run_workload(x509_call, args.warmup, 1)
-                run_workload(jwt_call, args.warmup, 1)
-                results["x509 sequential"] = run_workload(x509_call, args.sequential, 1)
-                results["x509 concurrent"] = run_workload(x509_call, args.concurrent, args.workers)
-                results["jwt sequential"] = run_workload(jwt_call, args.sequential, 1)
-                results["jwt concurrent"] = run_workload(jwt_call, args.concurrent, args.workers)
-            if server.stop() != 0:
-                raise RuntimeError(f"{variant.name}: spire-server did not stop cleanly:\n{server.log_tail()}")
+                for block in range(args.blocks):
+                    order = variants if block % 2 == 0 else variants[::-1]
+                    for variant in order:
+                        mint = (
+                            running[variant.name].x509
+                            if name.startswith("x509")
+                            else running[variant.name].jwt
+                        )
+                        measured = run_workload(mint, count // args.blocks, workers)
+                        so_far = results[variant.name]
+                        so_far[name] = so_far[name] + measured if name in so_far else measured
+        finally:
+            for variant_name, each in running.items():
+                if each.server.stop() != 0:
+                    raise RuntimeError(
+                        f"{variant_name}: spire-server did not stop cleanly:\n{each.server.log_tail()}"
+                    )
     return results
 
 
@@ -255,8 +312,9 @@ def print_table(results: dict[str, dict[str, Result]], args: argparse.Namespace)
     builtin, ours = results["builtin"], results["ours"]
     print()
     print(
-        f"SPIRE Server {SPIRE_VERSION}, {args.key_type} keys, {args.rounds} round(s) per variant, each: "
-        f"{args.sequential} sequential mints, {args.concurrent} from {args.workers} concurrent clients"
+        f"SPIRE Server {SPIRE_VERSION}, {args.key_type} keys, {args.rounds} round(s) with both servers up, "
+        f"each: {args.sequential} sequential mints, {args.concurrent} from {args.workers} concurrent "
+        f"clients, in {args.blocks} alternating blocks; start to healthy: median of {args.starts} starts"
     )
     header = (
         f"{'workload':<18} | {'built-in aws_kms':^28} | {'our plugin':^28} | {'ours / built-in':^17}\n"
@@ -265,7 +323,7 @@ def print_table(results: dict[str, dict[str, Result]], args: argparse.Namespace)
     )
     print(header)
     print("-" * len(header.splitlines()[1]))
-    for name in ("x509 sequential", "x509 concurrent", "jwt sequential", "jwt concurrent"):
+    for name in WORKLOADS:
         b, o = builtin[name], ours[name]
         print(
             f"{name:<18} | {b.throughput:>8.1f} {b.p50:>9.2f} {b.percentile(0.99):>9.2f} "
@@ -292,7 +350,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent clients (8)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed mints of each kind first (20)")
     parser.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256", help="CA and JWT key type")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, each variant once per round (2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, each starting both servers afresh (2)")
+    parser.add_argument("--starts", type=int, default=6, help="timed starts of each server (6)")
+    parser.add_argument(
+        "--blocks", type=int, default=6, help="blocks per workload and round, alternating servers (6)"
+    )
     args = parser.parse_args()
     if not PLUGIN.is_file():
         print(f"{PLUGIN} is missing: run scripts/build.sh first", file=sys.stderr)
@@ -321,14 +383,17 @@ def main() -> int:
     started = time.perf_counter()
     results: dict[str, dict[str, Result]] = {}
     with start_emulator_process() as emulator:
-        # Alternate the order round by round, so neither variant always runs on a warmer (or more
-        # crowded) emulator.
+        print(f"starting each server {args.starts} times ...", file=sys.stderr)
+        for variant_name, timed in start_times(variants, binary, emulator.url, args).items():
+            results.setdefault(variant_name, {})["start"] = timed
         for round_number in range(args.rounds):
-            for variant in variants if round_number % 2 == 0 else variants[::-1]:
-                print(f"round {round_number + 1}: the workload with {variant.name} ...", file=sys.stderr)
-                measured = bench_variant(variant, binary, emulator.url, args, csr_der)
-                so_far = results.setdefault(variant.name, {})
-                for name, result in measured.items():
+            # Which server starts first alternates too: the second starts on a busier machine.
+            order = variants if round_number % 2 == 0 else variants[::-1]
+            print(f"round {round_number + 1}: both servers, blocks alternating ...", file=sys.stderr)
+            measured = bench_round(order, binary, emulator.url, args, csr_der)
+            for variant_name, by_workload in measured.items():
+                so_far = results.setdefault(variant_name, {})
+                for name, result in by_workload.items():
                     so_far[name] = so_far[name] + result if name in so_far else result
     print_table(results, args)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
