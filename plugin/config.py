@@ -23,6 +23,7 @@ from typing import Any
 
 from hcl.parser import HclParser  # type: ignore[import-untyped]
 
+from plugin import hcl_lr
 from plugin.errors import escaped, quoted
 from plugin.naming import (
     DEFAULT_KEY_PREFIX,
@@ -353,7 +354,7 @@ def _bare(p: Any, index: int) -> object:
     return _Name(p[index]) if p.slice[index].type == "IDENTIFIER" else p[index]
 
 
-class _LiteralParser(HclParser):  # type: ignore[misc]
+class LiteralHclParser(HclParser):  # type: ignore[misc]
     """pyhcl's grammar with actions that keep what was written instead of merging and evaluating it."""
 
     def objectlist_flat(self, lt: list[tuple[object, object]], replace: bool) -> _Pairs:
@@ -382,15 +383,21 @@ class _LiteralParser(HclParser):  # type: ignore[misc]
     p_number_7 = _rule(HclParser.p_number_7, _expression)
 
 
-# Building the parser takes tens of milliseconds and a ply parser keeps its state on itself while parsing:
-# one per gRPC worker thread.
+# A ply parser keeps its state on itself while parsing: one per gRPC worker thread.
 _parsers = threading.local()
 
 
 def _hcl_parser() -> Any:
     parser = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = _parsers.parser = _LiteralParser()
+        from plugin.hcl_tables import TABLES
+
+        if TABLES.pyhcl_version == hcl_lr.pyhcl_version():
+            parser = hcl_lr.parser(LiteralHclParser, TABLES)
+        else:
+            # Tables of another pyhcl (tests/unit/test_hcl_lr.py fails until they are regenerated).
+            parser = LiteralHclParser()
+        _parsers.parser = parser
     return parser
 
 

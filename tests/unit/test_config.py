@@ -615,7 +615,7 @@ def test_unexpected_parser_failures_are_named_without_their_text(monkeypatch: py
     def failing_parse(parser: object, text: str) -> object:
         raise TypeError(f"{SECRET} is of type str")
 
-    monkeypatch.setattr(plugin.config._LiteralParser, "parse", failing_parse)
+    monkeypatch.setattr(plugin.config.LiteralHclParser, "parse", failing_parse)
     assert problems_of(f'secret_access_key = "{SECRET}"') == (
         "the configuration is not valid HCL: the parser failed with TypeError",
     )
