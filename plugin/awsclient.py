@@ -421,15 +421,14 @@ class _AssumedRoleProvider(botocore.credentials.CredentialProvider):  # type: ig
         )
 
 
-def _botocore_session(region: str | None) -> Any:
+def _botocore_session(region: str) -> Any:
     # botocore alone, not boto3: boto3's session imports s3transfer and more, about 0.1 s of every start.
     session = botocore.session.get_session()
     session.register_component("response_parser_factory", GuardedParserFactory())
     # What AWS (CloudTrail's userAgent) shows for every call but Sign, whose path says the same itself.
     session.user_agent_name = PLUGIN_NAME
     session.user_agent_version = __version__
-    if region is not None:
-        session.set_config_variable("region", region)
+    session.set_config_variable("region", region)
     return session
 
 

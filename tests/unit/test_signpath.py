@@ -110,6 +110,17 @@ def test_a_sign_is_one_sigv4_signed_json_request_and_returns_the_signature(
     assert "wJalrXUtnFEMI" not in json.dumps(request)
 
 
+def test_every_call_names_the_plugin_as_its_user_agent(kms: BotocoreKms, script: Script) -> None:
+    # What CloudTrail shows an operator as the caller's userAgent: the plugin and its version, for Sign
+    # (the lean path) as for every other call (botocore's client).
+    script.answers.append((200, {"Aliases": []}))
+    assert list(kms.list_aliases()) == []
+    _signed(script)
+    kms.sign(KEY_ARN, b"\x11" * 32, "ECDSA_SHA_256")
+    agents = [request["headers"]["User-Agent"] for request in script.requests]
+    assert [agent.split(" ")[0] for agent in agents] == ["aws-kms-keymanager/0.1.0"] * 2
+
+
 def test_signatures_in_a_row_share_one_kept_alive_connection(kms: BotocoreKms, script: Script) -> None:
     _signed(script)
     for _ in range(5):
