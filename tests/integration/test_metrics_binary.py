@@ -42,7 +42,14 @@ def test_kms_calls_keys_and_breaker_reach_spire(
         for _ in range(3):
             plugin.sign_data("x509-CA-A", DIGEST, km.SHA256)
         metrics = host.metrics
-        metrics.wait_for(lambda m: m.counter(SIGN, OK) == 3.0 and m.gauge((*PREFIX, "keys")) == 1.0)
+        # Counters and latency samples travel in separate calls to SPIRE: wait for both.
+        metrics.wait_for(
+            lambda m: (
+                m.counter(SIGN, OK) == 3.0
+                and m.gauge((*PREFIX, "keys")) == 1.0
+                and len(m.samples((*SIGN, "elapsed_time"), OK)) == 3
+            )
+        )
         assert metrics.counter((*SIGN, "throttle")) == 2.0
         assert metrics.counter((*SIGN, "retry"), {"status": "ThrottlingException"}) == 2.0
         assert len(metrics.samples((*SIGN, "elapsed_time"), OK)) == 3
@@ -71,7 +78,9 @@ def test_heartbeat_and_disposal_passes_reach_spire(
         plugin.generate_key("x509-CA-A", km.EC_P256)
         host.metrics.wait_for(
             lambda m: (
-                m.counter((*PREFIX, "heartbeat"), OK) == 1.0 and m.counter((*PREFIX, "disposal"), OK) == 1.0
+                m.counter((*PREFIX, "heartbeat"), OK) == 1.0
+                and m.counter((*PREFIX, "disposal"), OK) == 1.0
+                and len(m.samples((*PREFIX, "heartbeat", "elapsed_time"), OK)) == 1
             )
         )
         assert len(host.metrics.samples((*PREFIX, "heartbeat", "elapsed_time"), OK)) == 1
