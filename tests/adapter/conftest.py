@@ -4,10 +4,36 @@ the endpoint each test gives is the only one."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.support.kms_emulator import EmulatorControl, EmulatorProcess, start_emulator_process
+from plugin.awsclient import ClientSettings
+from plugin.kms import BotocoreKms
+from plugin.metrics import NO_METRICS, Metrics
+from tests.support.kms_emulator import (
+    DUMMY_ACCESS_KEY_ID,
+    DUMMY_SECRET_ACCESS_KEY,
+    EmulatorControl,
+    EmulatorProcess,
+    start_emulator_process,
+)
+
+REGION = "us-east-1"
+
+
+def adapter(endpoint: str, metrics: Metrics = NO_METRICS, **settings: Any) -> BotocoreKms:
+    """The real adapter with static test credentials, talking to `endpoint` only."""
+    return BotocoreKms(
+        ClientSettings(
+            region=REGION,
+            access_key_id=DUMMY_ACCESS_KEY_ID,
+            secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+            endpoint=endpoint,
+            **settings,
+        ),
+        metrics,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -15,28 +15,14 @@ from plugin import awsclient, deadline
 from plugin.awsclient import AssumeRole, ClientSettings, kms_client
 from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError
+from tests.adapter.conftest import REGION, adapter
 from tests.support.kms_emulator import (
-    DUMMY_ACCESS_KEY_ID,
-    DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
 )
 from tests.support.tcp_proxy import TcpProxy
 
-REGION = "us-east-1"
 DIGEST = hashlib.sha256(b"adapter").digest()
 ROLE = "arn:aws:iam::222233334444:role/spire-server"
-
-
-def adapter(endpoint: str, **settings: Any) -> BotocoreKms:
-    return BotocoreKms(
-        ClientSettings(
-            region=REGION,
-            access_key_id=DUMMY_ACCESS_KEY_ID,
-            secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-            endpoint=endpoint,
-            **settings,
-        )
-    )
 
 
 def new_key(kms: BotocoreKms) -> str:

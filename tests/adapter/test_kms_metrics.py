@@ -1,43 +1,25 @@
-"""What the boto3 adapter reports per KMS operation: calls by status (the AWS error code), throttles,
+"""What the botocore adapter reports per KMS operation: calls by status (the AWS error code), throttles,
 retries, latency, and the state of the circuit breaker."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import pytest
 
 from plugin import deadline
-from plugin.awsclient import ClientSettings
-from plugin.kms import BotocoreKms
 from plugin.kmsapi import KmsError
 from plugin.metrics import Key
+from tests.adapter.conftest import adapter
 from tests.support.kms_emulator import (
-    DUMMY_ACCESS_KEY_ID,
-    DUMMY_SECRET_ACCESS_KEY,
     EmulatorControl,
 )
 from tests.support.metrics_recorder import Recorder
 
-REGION = "us-east-1"
 DIGEST = hashlib.sha256(b"metrics").digest()
 SIGN: Key = ("server_key_manager", "aws_kms", "kms", "sign")
 CREATE_KEY: Key = ("server_key_manager", "aws_kms", "kms", "create_key")
 BREAKER: Key = ("server_key_manager", "aws_kms", "kms", "circuit_breaker_open")
-
-
-def adapter(endpoint: str, recorder: Recorder, **settings: Any) -> BotocoreKms:
-    return BotocoreKms(
-        ClientSettings(
-            region=REGION,
-            access_key_id=DUMMY_ACCESS_KEY_ID,
-            secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-            endpoint=endpoint,
-            **settings,
-        ),
-        recorder,
-    )
 
 
 OK = (("status", "OK"),)

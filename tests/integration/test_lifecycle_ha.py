@@ -1,4 +1,4 @@
-"""High availability on one KMS: several servers, each a key manager with the real boto3 adapter
+"""High availability on one KMS: several servers, each a key manager with the real botocore adapter
 (plugin.kms.BotocoreKms), on the KMS emulator, with the emulator's clock and the servers' clock moved together
 through simulated weeks. Silent servers and crashes leave keys; exactly those are reclaimed, on time."""
 

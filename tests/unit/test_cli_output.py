@@ -86,7 +86,7 @@ def test_operations_name_their_iam_actions() -> None:
 
 
 def test_what_spire_starts_never_loads_the_commands() -> None:
-    # Everything serving imports, up to the first Configure (which loads the boto3 adapter).
+    # Everything serving imports, up to the first Configure (which loads the botocore adapter).
     probe = (
         "import sys, plugin.__main__, plugin.goplugin, plugin.service, plugin.kms; "
         "print(sorted(m for m in sys.modules if m.startswith('plugin.cli')))"
