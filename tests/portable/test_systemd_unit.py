@@ -378,6 +378,9 @@ def test_every_system_call_of_spire_server_and_the_plugin_is_in_the_units_filter
 ) -> None:
     allowed = allowed_syscalls(service_settings())
     trace = workdir / "strace.out"
+    # Copies in the work directory, which uid 1000 can reach wherever the checkout and the cache are.
+    spire_binary = Path(shutil.copy2(spire_binary, workdir / "spire-server-bin"))
+    plugin_binary = Path(shutil.copy2(plugin_binary, workdir / "aws-kms-keymanager"))
     # spire-server runs as uid 1000 (User=spire: SQLite, for one, calls fchown only as root) under strace;
     # its CLI calls (healthcheck, mint) run as they are.
     strace = shutil.which("strace") or "/usr/bin/strace"
