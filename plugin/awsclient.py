@@ -286,25 +286,29 @@ class _Policy:
     def __init__(self, breaker: Breaker, metrics: Metrics = NO_METRICS) -> None:
         self._breaker = breaker
         self._metrics = metrics
+        self._service = ""
 
     def register(self, client: Any, service: str) -> None:
+        self._service = service
         events = client.meta.events
         events.register(f"before-send.{service}", self.before_send)
         events.register(f"needs-retry.{service}", self.needs_retry)
         events.register(f"after-call.{service}", self.after_call)
 
-    def before_send(self, request: Any, **_: Any) -> None:
-        # `translate` names the adapter's operation in these errors; the request need not be parsed here.
+    def before_send(self, request: Any, event_name: str = "", **_: Any) -> None:
+        # `translate` names the adapter's operation in these errors, and the STS step of the credentials
+        # when the call was STS's (as it does for STS's own answers); the request need not be parsed here.
+        step = f"STS {event_name.rsplit('.', 1)[-1]}" if self._service == "sts" else "KMS"
         if not self._breaker.allow():
-            raise KmsError("KMS", "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
+            raise KmsError(step, "Unreachable", f"KMS is unreachable ({self._breaker.last_error})")
         remaining = deadline.remaining()
         if not attempt_fits(remaining):
             last_failure = request.context.get(_LAST_FAILURE)
             if last_failure is not None:
-                # The pause before this retry used up the deadline: what KMS said last is the news.
+                # The pause before this retry used up the deadline: what was said last is the news.
                 code, message = last_failure
-                raise KmsError("KMS", code, f"{message} (no time left to try again)".lstrip())
-            raise KmsError("KMS", "Timeout", "no time left before the caller's deadline")
+                raise KmsError(step, code, f"{message} (no time left to try again)".lstrip())
+            raise KmsError(step, "Timeout", "no time left before the caller's deadline")
         read_timeout = read_timeout_for(remaining)
         if read_timeout < READ_TIMEOUT_SECONDS:
             # Only when it must shrink: a per-request timeout costs urllib3 work on every call.
@@ -593,6 +597,9 @@ def translate(operation: str, fn: Callable[[], Any]) -> Any:
         step, code, message = credential_failure(err)
         raise KmsError(f"{operation} ({step})", code, message) from None
     except KmsError as err:
+        if err.operation.startswith("STS "):
+            # Raised before an STS call of a credential step: name it, as for STS's own answers.
+            operation = f"{operation} ({err.operation})"
         raise KmsError(operation, err.code, err.message) from None
     except botocore.parsers.ResponseParserError as err:
         # Only from a client without `GuardedParser`; botocore's message quotes the whole body.

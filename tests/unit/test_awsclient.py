@@ -9,7 +9,7 @@ import botocore.exceptions
 import botocore.parsers
 import pytest
 
-from plugin import awsclient
+from plugin import awsclient, deadline
 from plugin.awsclient import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_ATTEMPTS_WITHOUT_DEADLINE,
@@ -22,6 +22,7 @@ from plugin.awsclient import (
     read_timeout_for,
     retry_delay,
 )
+from plugin.kmsapi import KmsError
 
 
 @pytest.mark.parametrize("attempts", range(1, 12))
@@ -264,3 +265,31 @@ def test_a_parser_error_from_elsewhere_is_unparseable_and_bounded() -> None:
         awsclient.translate("Sign", call)
     assert failed.value.code == "UnparseableResponse"
     assert len(failed.value.message) < 120
+
+
+@pytest.mark.parametrize(
+    ("service", "event", "operation"),
+    [
+        ("sts", "before-send.sts.AssumeRole", "ListAliases (STS AssumeRole)"),
+        ("kms", "before-send.kms.ListAliases", "ListAliases"),
+    ],
+)
+def test_a_retry_the_deadline_leaves_no_time_for_names_the_step_that_failed(
+    service: str, event: str, operation: str
+) -> None:
+    # The pause before another attempt can end with too little time left for it: the error is then what
+    # was said last, named as that answer itself would have been (STS's for a credential step).
+    policy = awsclient._Policy(Breaker())
+    policy.register(
+        SimpleNamespace(meta=SimpleNamespace(events=SimpleNamespace(register=lambda *args: None))), service
+    )
+    said = ("UnparseableResponse", "answered HTTP 200 with a body that is not an AWS answer")
+    request = SimpleNamespace(context={awsclient._LAST_FAILURE: said})
+    with deadline.scope(0.1), pytest.raises(KmsError) as raised:
+        awsclient.translate("ListAliases", lambda: policy.before_send(request, event_name=event))
+    assert raised.value.operation == operation
+    assert raised.value.code == "UnparseableResponse"
+    assert (
+        raised.value.message
+        == "answered HTTP 200 with a body that is not an AWS answer (no time left to try again)"
+    )
