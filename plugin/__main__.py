@@ -79,7 +79,12 @@ def main(argv: list[str]) -> int:
     from plugin import goplugin, service
 
     services = service.PluginServices.create()
-    return goplugin.serve(services.register, on_stop=services.stop, host_services=services.host_services)
+    return goplugin.serve(
+        services.register,
+        on_stop=services.stop,
+        host_services=services.host_services,
+        quick_methods=service.QUICK_METHODS,
+    )
 
 
 if __name__ == "__main__":

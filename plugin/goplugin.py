@@ -14,14 +14,14 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
 
 from plugin.bundle import Launchers
 from plugin.log import get_logger
+from plugin.rpcserver import Server
 from proto_gen.goplugin import (
     broker_pb2,
     broker_pb2_grpc,
@@ -37,6 +37,7 @@ APP_PROTOCOL_VERSION = 1
 # Each long-lived stream (broker, stdio, health watch) holds a worker for the plugin's whole life; the rest
 # serve SPIRE's concurrent KeyManager calls.
 MAX_WORKERS = 32
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -207,13 +208,14 @@ def _watch_launchers(launchers: Launchers, stopper: Stopper) -> None:
 
 
 def serve(
-    register_services: Callable[[grpc.Server], None],
+    register_services: Callable[[Server], None],
     on_stop: Callable[[], None] = lambda: None,
     stdout: Any = None,
     host_services: HostServices | None = None,
+    quick_methods: Collection[str] = (),
 ) -> int:
     """Serve until told to stop; returns the process exit code. `host_services` learns where SPIRE
-    serves its host services."""
+    serves its host services; `quick_methods` never wait (see `plugin.rpcserver`)."""
     launchers = Launchers.of_this_process()
     out = stdout or sys.stdout
     app_version = negotiate_protocol(dict(os.environ))
@@ -233,7 +235,7 @@ def serve(
 
     socket_dir = tempfile.mkdtemp(prefix="plugin")  # mkdtemp makes it 0700
     socket_path = os.path.join(socket_dir, "plugin.sock")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"))
+    server = Server(quick_methods=(HEALTH_CHECK, *quick_methods), max_workers=MAX_WORKERS)
     try:
         broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_Broker(host_services or HostServices()), server)
         stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(stopper), server)

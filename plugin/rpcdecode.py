@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -97,11 +97,20 @@ class _TolerantGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         return self._wrapped[method]
 
 
-class TolerantServer:
-    """Stands in for a grpc.Server in the generated `add_*Servicer_to_server` functions, registering what
-    they register on the real server with undecodable requests refused."""
+class MethodRegistry(Protocol):
+    """Where the generated `add_*Servicer_to_server` functions register a servicer's methods: a grpc.Server,
+    a `plugin.rpcserver.Server`."""
 
-    def __init__(self, server: grpc.Server) -> None:
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any], /) -> None: ...
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any], /) -> None: ...
+
+
+class TolerantServer:
+    """Stands in for a server in the generated `add_*Servicer_to_server` functions, registering what they
+    register on the real server with undecodable requests refused."""
+
+    def __init__(self, server: MethodRegistry) -> None:
         self._server = server
 
     def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:

@@ -25,13 +25,16 @@ from plugin.kmsapi import Kms
 from plugin.lifecycle import DeletionQueue
 from plugin.metrics import NO_METRICS, Metrics, Relay
 from plugin.naming import BuiltinScheme
-from plugin.rpcdecode import TolerantServer
+from plugin.rpcdecode import MethodRegistry, TolerantServer
 from proto_gen.spire.config import config_pb2, config_pb2_grpc
 from proto_gen.spire.init import init_pb2, init_pb2_grpc
 from proto_gen.spire.keymanager import keymanager_pb2, keymanager_pb2_grpc
 
 KEYMANAGER_SERVICE = "spire.plugin.server.keymanager.v1.KeyManager"
 CONFIG_SERVICE = "spire.service.common.config.v1.Config"
+# Reads of the cached keys: they take no lock held across I/O, so the gRPC server answers them at once on
+# its polling thread.
+QUICK_METHODS = (f"/{KEYMANAGER_SERVICE}/GetPublicKey", f"/{KEYMANAGER_SERVICE}/GetPublicKeys")
 
 _STATUS = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -244,7 +247,7 @@ class PluginServices:
             host_services=host_services or HostServices(),
         )
 
-    def register(self, server: grpc.Server) -> None:
+    def register(self, server: MethodRegistry) -> None:
         # Bytes that are no request are refused INVALID_ARGUMENT before a servicer runs, not INTERNAL.
         tolerant = TolerantServer(server)
         init_pb2_grpc.add_InitServicer_to_server(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
 from plugin.rpcdecode import TolerantServer
+from plugin.rpcserver import Server
 from plugin.service import PluginServices
 from proto_gen.spire.init import init_pb2
 from proto_gen.spire.keymanager import keymanager_pb2
@@ -27,7 +27,7 @@ def _no_kms(config: object) -> object:
 
 @pytest.fixture
 def channel(tmp_path: Path) -> Iterator[grpc.Channel]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = Server(max_workers=4)
     services = PluginServices.create(kms_factory=_no_kms)  # type: ignore[arg-type]
     services.register(server)
     socket = f"unix:{tmp_path}/plugin.sock"
@@ -89,7 +89,7 @@ def test_services_registered_only_as_generic_handlers_are_tolerant_too(tmp_path:
         request_deserializer=keymanager_pb2.SignDataRequest.FromString,
         response_serializer=keymanager_pb2.SignDataResponse.SerializeToString,
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server = Server(max_workers=2)
     service = "spire.plugin.server.keymanager.v1.KeyManager"
     TolerantServer(server).add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service, {"SignData": handler}),)
