@@ -9,8 +9,10 @@ Prints side by side, for EC P-256 and RSA-2048 keys and 1 and 16 callers:
 The plugin is called as SPIRE calls it: by a Go program (scripts/benchclient, built here with Go's caches)
 using grpc-go and the SPIRE plugin SDK's client. Each row alternates blocks of the plugin's calls with
 blocks of boto3's, so that a change in the machine's speed during the row falls on both sides alike.
-Then GetPublicKey(s) latency and the KMS calls they made, spawn-to-handshake time, binary size and the
-RSS of the plugin tree. `--spire` runs the SPIRE workload instead (`scripts/bench_spire.py`: mints with
+Then what a signature costs SPIRE with its built-in aws_kms (aws-sdk-go-v2 in SPIRE's process) and with
+the plugin (SPIRE's gRPC call, and the plugin tree); GetPublicKey(s) latency next to a grpc-go server
+answering from memory, and the KMS calls they made; spawn-to-handshake time, binary size and the RSS of
+the plugin tree. `--spire` runs the SPIRE workload instead (`scripts/bench_spire.py`: mints with
 SPIRE's built-in aws_kms against mints with this plugin, and start to healthy).
 
     .venv/bin/python scripts/bench.py [--signs N] [--blocks N] [--starts N] [--callers 1,16]
@@ -221,6 +223,13 @@ def go_client() -> Path:
     return output
 
 
+def run_client(client: Path, *args: str) -> Run:
+    """One block of calls by scripts/benchclient; `cpu` is the client's own."""
+    result = subprocess.run([str(client), *args], capture_output=True, text=True, check=True)
+    answer = json.loads(result.stdout)
+    return Run(cpu=answer["cpu_seconds"], latencies=answer["latencies"])
+
+
 @dataclass(frozen=True)
 class Caller:
     """Calls the plugin as SPIRE does (scripts/benchclient: grpc-go and the plugin SDK's client)."""
@@ -228,31 +237,27 @@ class Caller:
     client: Path
     plugin: PluginProcess
 
-    def latencies(
-        self, method: str, count: int, callers: int = 1, key_id: str = "", warmup: int = 0
-    ) -> list[float]:
-        result = subprocess.run(
-            [
-                str(self.client),
-                f"-socket={self.plugin.socket_path}",
-                f"-method={method}",
-                f"-key={key_id}",
-                f"-count={count}",
-                f"-callers={callers}",
-                f"-warmup={warmup}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+    def calls(
+        self, method: str, count: int, callers: int = 1, key_id: str = "", warmup: int = 0, socket: str = ""
+    ) -> Run:
+        """A block of calls to the plugin, or to another KeyManager server on `socket`."""
+        return run_client(
+            self.client,
+            f"-socket={socket or self.plugin.socket_path}",
+            f"-method={method}",
+            f"-key={key_id}",
+            f"-count={count}",
+            f"-callers={callers}",
+            f"-warmup={warmup}",
         )
-        return list(json.loads(result.stdout)["latencies"])
 
-    def sign_run(self, key_id: str, count: int, callers: int, warm: bool) -> Run:
+    def sign_run(self, key_id: str, count: int, callers: int, warm: bool) -> tuple[Run, float]:
+        """A block of SignData calls: the plugin tree's CPU and latencies, and the caller's CPU seconds."""
         if warm:
-            self.latencies("sign", WARMUP, callers, key_id)
+            self.calls("sign", WARMUP, callers, key_id)
         before = tree_cpu(self.plugin.pid)
-        latencies = self.latencies("sign", count, callers, key_id)
-        return Run(cpu=tree_cpu(self.plugin.pid) - before, latencies=latencies)
+        run = self.calls("sign", count, callers, key_id)
+        return Run(cpu=tree_cpu(self.plugin.pid) - before, latencies=run.latencies), run.cpu
 
 
 def startup_ms(env: dict[str, str], starts: int) -> float:
@@ -264,11 +269,31 @@ def startup_ms(env: dict[str, str], starts: int) -> float:
     return statistics.median(handshakes)
 
 
-def public_key_latency(caller: Caller, key_id: str, count: int) -> tuple[float, float]:
-    """p50 in ms of GetPublicKey and of GetPublicKeys."""
-    single = caller.latencies("getpublickey", count, key_id=key_id, warmup=WARMUP)
-    every = caller.latencies("getpublickeys", count, warmup=WARMUP)
-    return 1000 * statistics.median(single), 1000 * statistics.median(every)
+def public_key_table(caller: Caller, key_id: str, count: int, blocks: int) -> None:
+    """GetPublicKey(s) p50 through the plugin's socket, alternating with a grpc-go KeyManager answering the
+    same calls from memory (benchclient -serve): the least an answer costs on this machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        socket = f"{tmp}/memory.sock"
+        server = subprocess.Popen([str(caller.client), "-serve", f"-socket={socket}"])
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(socket) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(f"\n{'':<14}  {'plugin p50':>10}  {'grpc-go from memory p50':>23}")
+            for method, label in (("getpublickey", "GetPublicKey"), ("getpublickeys", "GetPublicKeys")):
+                ours, floor = Run(0.0, []), Run(0.0, [])
+                for block in range(blocks):
+                    warmup = WARMUP if block == 0 else 0
+                    ours += caller.calls(method, count // blocks, key_id=key_id, warmup=warmup)
+                    floor += caller.calls(
+                        method, count // blocks, key_id=key_id, warmup=warmup, socket=socket
+                    )
+                print(
+                    f"{label:<14}  {ours.percentile_ms(0.5):>7.3f} ms  {floor.percentile_ms(0.5):>20.3f} ms"
+                )
+        finally:
+            server.kill()
+            server.wait()
 
 
 def sign_table(
@@ -290,7 +315,7 @@ def sign_table(
         for callers in callers_list:
             ours, direct = Run(0.0, []), Run(0.0, [])
             for block in range(blocks):
-                ours += caller.sign_run(key_id, signs // blocks, callers, warm=block == 0)
+                ours += caller.sign_run(key_id, signs // blocks, callers, warm=block == 0)[0]
                 direct += baseline.run(arn, algorithm, signs // blocks, callers)
             print(
                 f"{name:<9} {callers:>7}  {ours.cpu_ms():>7.3f} ms {direct.cpu_ms():>6.3f} ms"
@@ -299,6 +324,45 @@ def sign_table(
                 f"  {direct.percentile_ms(0.5):>7.2f}/{direct.percentile_ms(0.99):<8.2f}"
                 f"  {ours.percentile_ms(0.5) - direct.percentile_ms(0.5):>+7.2f}"
             )
+
+
+def builtin_table(caller: Caller, kms: object, endpoint: str, signs: int, blocks: int) -> None:
+    """What SPIRE pays per signature, one caller: its built-in aws_kms signs with aws-sdk-go-v2 in its own
+    process; with the plugin it makes a gRPC call and the plugin signs. Both are benchclient runs, in
+    alternating blocks."""
+    print(
+        "\nWhat a signature costs SPIRE, 1 caller: the built-in aws_kms's Sign (aws-sdk-go-v2 in the caller's"
+        "\nprocess) against SignData through the plugin (CPU: the Go caller's, plus the plugin tree's)"
+    )
+    print(
+        f"{'key':<9}  {'built-in cpu':>12}  {'plugin: caller+tree cpu':>23}  {'built-in p50/p99':>16}"
+        f"  {'plugin p50/p99':>14}  {'+p50 ms':>7}"
+    )
+    for key_type, algorithm in KEYS:
+        name = km.KeyType.Name(key_type)
+        key_id = f"bench-{name}"
+        arn = kms.describe_key(KeyId=f"alias/SPIRE_SERVER_KEY/{key_id}")["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
+        ours, caller_cpu, builtin = Run(0.0, []), 0.0, Run(0.0, [])
+        for block in range(blocks):
+            run, cpu = caller.sign_run(key_id, signs // blocks, 1, warm=block == 0)
+            ours, caller_cpu = ours + run, caller_cpu + cpu
+            builtin += run_client(
+                caller.client,
+                "-method=awssdk-sign",
+                f"-endpoint={endpoint}",
+                f"-key={arn}",
+                f"-algorithm={algorithm}",
+                f"-count={signs // blocks}",
+                f"-warmup={WARMUP if block == 0 else 0}",
+            )
+        caller_ms = 1000 * caller_cpu / len(ours.latencies)
+        print(
+            f"{name:<9}  {builtin.cpu_ms():>9.3f} ms"
+            f"  {caller_ms:>8.3f} + {ours.cpu_ms():.3f} = {caller_ms + ours.cpu_ms():.3f} ms"
+            f"  {builtin.percentile_ms(0.5):>7.2f}/{builtin.percentile_ms(0.99):<8.2f}"
+            f"  {ours.percentile_ms(0.5):>6.2f}/{ours.percentile_ms(0.99):<7.2f}"
+            f"  {ours.percentile_ms(0.5) - builtin.percentile_ms(0.5):>+7.2f}"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -348,10 +412,10 @@ def main(argv: list[str]) -> int:
                 sign_table(caller, baseline, kms, args.signs, callers_list, args.blocks)
             finally:
                 baseline.close()
+            builtin_table(caller, kms, emulator.url, args.signs, args.blocks)
             control.reset_calls()
-            single, every = public_key_latency(caller, "bench-EC_P256", 1000)
-            calls = sum(control.calls().values())
-            print(f"\nGetPublicKey p50 {single:.3f} ms, GetPublicKeys p50 {every:.3f} ms; KMS calls: {calls}")
+            public_key_table(caller, "bench-EC_P256", 2000, args.blocks)
+            print(f"KMS calls for public keys: {sum(control.calls().values())}")
             print(f"plugin tree RSS after the run: {tree_rss_mb(plugin.pid):.1f} MB")
             plugin.shutdown()
     return 0

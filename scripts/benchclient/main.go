@@ -5,7 +5,14 @@
 //
 //	benchclient -socket PATH -method sign|getpublickey|getpublickeys [-key ID] [-count N] [-callers C]
 //
-// It prints one JSON line: {"latencies": [seconds, ...]}.
+// Two baselines, each what SPIRE does without the plugin:
+//
+//	benchclient -method awssdk-sign -endpoint URL -key ID [-algorithm A]   KMS Sign with aws-sdk-go-v2,
+//	    from the caller's own process, as SPIRE's built-in aws_kms signs
+//	benchclient -serve -socket PATH   a grpc-go KeyManager answering GetPublicKey(s) from memory, until
+//	    killed: the least a plugin's answer can cost through a socket on this machine
+//
+// A client prints one JSON line: {"latencies": [seconds, ...], "cpu_seconds": its own CPU for them}.
 package main
 
 import (
@@ -14,10 +21,16 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
 	keymanagerv1 "github.com/spiffe/spire-plugin-sdk/proto/spire/plugin/server/keymanager/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -30,22 +43,108 @@ func main() {
 	count := flag.Int("count", 100, "calls to time")
 	callers := flag.Int("callers", 1, "concurrent callers")
 	warmup := flag.Int("warmup", 0, "untimed calls first")
+	serve := flag.Bool("serve", false, "serve the in-memory KeyManager on -socket instead of calling")
+	endpoint := flag.String("endpoint", "", "the KMS endpoint URL, for awssdk-sign")
+	algorithm := flag.String("algorithm", "ECDSA_SHA_256", "the signing algorithm, for awssdk-sign")
 	flag.Parse()
-	if err := run(*socket, *method, *keyID, *count, *callers, *warmup); err != nil {
+	var err error
+	if *serve {
+		err = serveFromMemory(*socket)
+	} else {
+		var call func(context.Context) error
+		if *method == "awssdk-sign" {
+			call = awsSDKSign(*endpoint, *keyID, *algorithm)
+		} else {
+			var conn *grpc.ClientConn
+			conn, err = grpc.NewClient("unix://"+*socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err == nil {
+				defer conn.Close()
+				call = pluginCall(keymanagerv1.NewKeyManagerClient(conn), *method, *keyID)
+			}
+		}
+		if err == nil {
+			err = run(call, *count, *callers, *warmup)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchclient:", err)
 		os.Exit(1)
 	}
 }
 
-func run(socket, method, keyID string, count, callers, warmup int) error {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func run(call func(context.Context) error, count, callers, warmup int) error {
+	if _, err := timed(call, warmup, callers); err != nil {
+		return err
+	}
+	before := cpuSeconds()
+	latencies, err := timed(call, count, callers)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	client := keymanagerv1.NewKeyManagerClient(conn)
+	return json.NewEncoder(os.Stdout).Encode(map[string]any{"latencies": latencies, "cpu_seconds": cpuSeconds() - before})
+}
+
+func cpuSeconds() float64 {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
+}
+
+// awsSDKSign signs a digest with KMS as SPIRE's built-in aws_kms does: an aws-sdk-go-v2 client in the
+// caller's own process (static test credentials; the emulator does not check them).
+func awsSDKSign(endpoint, keyID, algorithm string) func(context.Context) error {
+	client := kms.New(kms.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "benchmark", ""),
+	})
 	digest := sha256.Sum256([]byte("benchmark"))
-	call := func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := client.Sign(ctx, &kms.SignInput{
+			KeyId:            aws.String(keyID),
+			Message:          digest[:],
+			MessageType:      kmstypes.MessageTypeDigest,
+			SigningAlgorithm: kmstypes.SigningAlgorithmSpec(algorithm),
+		})
+		return err
+	}
+}
+
+// inMemory answers GetPublicKey(s) with one EC P-256 key's worth of bytes, as a plugin with its keys
+// cached would.
+type inMemory struct {
+	keymanagerv1.UnimplementedKeyManagerServer
+	key *keymanagerv1.PublicKey
+}
+
+func (m inMemory) GetPublicKey(context.Context, *keymanagerv1.GetPublicKeyRequest) (*keymanagerv1.GetPublicKeyResponse, error) {
+	return &keymanagerv1.GetPublicKeyResponse{PublicKey: m.key}, nil
+}
+
+func (m inMemory) GetPublicKeys(context.Context, *keymanagerv1.GetPublicKeysRequest) (*keymanagerv1.GetPublicKeysResponse, error) {
+	return &keymanagerv1.GetPublicKeysResponse{PublicKeys: []*keymanagerv1.PublicKey{m.key}}, nil
+}
+
+func serveFromMemory(socket string) error {
+	listener, err := net.Listen("unix", socket)
+	if err != nil {
+		return err
+	}
+	server := grpc.NewServer()
+	keymanagerv1.RegisterKeyManagerServer(server, inMemory{key: &keymanagerv1.PublicKey{
+		Id:          "bench-EC_P256",
+		Type:        keymanagerv1.KeyType_EC_P256,
+		PkixData:    make([]byte, 91),
+		Fingerprint: fmt.Sprintf("%x", sha256.Sum256(nil)),
+	}})
+	return server.Serve(listener)
+}
+
+func pluginCall(client keymanagerv1.KeyManagerClient, method, keyID string) func(context.Context) error {
+	digest := sha256.Sum256([]byte("benchmark"))
+	return func(ctx context.Context) error {
 		var err error
 		switch method {
 		case "sign":
@@ -63,14 +162,6 @@ func run(socket, method, keyID string, count, callers, warmup int) error {
 		}
 		return err
 	}
-	if _, err := timed(call, warmup, callers); err != nil {
-		return err
-	}
-	latencies, err := timed(call, count, callers)
-	if err != nil {
-		return err
-	}
-	return json.NewEncoder(os.Stdout).Encode(map[string][]float64{"latencies": latencies})
 }
 
 // timed makes count calls from callers goroutines, each with SPIRE's usual deadline, and returns each
