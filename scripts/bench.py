@@ -9,11 +9,12 @@ Prints side by side, for EC P-256 and RSA-2048 keys and 1 and 16 callers:
 The plugin is called as SPIRE calls it: by a Go program (scripts/benchclient, built here with Go's caches)
 using grpc-go and the SPIRE plugin SDK's client. Each row alternates blocks of the plugin's calls with
 blocks of boto3's, so that a change in the machine's speed during the row falls on both sides alike.
-Then what a signature costs SPIRE with its built-in aws_kms (aws-sdk-go-v2 in SPIRE's process) and with
-the plugin (SPIRE's gRPC call, and the plugin tree); GetPublicKey(s) latency next to a grpc-go server
-answering from memory, and the KMS calls they made; spawn-to-handshake time, binary size and the RSS of
-the plugin tree. `--spire` runs the SPIRE workload instead (`scripts/bench_spire.py`: mints with
-SPIRE's built-in aws_kms against mints with this plugin, and start to healthy).
+Then what a signature costs SPIRE three ways: with its built-in aws_kms (aws-sdk-go-v2 in SPIRE's process),
+with a grpc-go plugin that signs with aws-sdk-go-v2 (benchclient -serve: the least any plugin adds), and
+with this plugin; GetPublicKey(s) latency next to that grpc-go plugin's, and the KMS calls they made;
+spawn-to-handshake time, binary size and the RSS of the plugin tree. `--spire` runs the SPIRE workload
+instead (`scripts/bench_spire.py`: mints with SPIRE's built-in aws_kms against mints with this plugin, and
+start to healthy).
 
     .venv/bin/python scripts/bench.py [--signs N] [--blocks N] [--starts N] [--callers 1,16]
     .venv/bin/python scripts/bench.py --spire [bench_spire.py's options]
@@ -35,8 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,31 +271,46 @@ def startup_ms(env: dict[str, str], starts: int) -> float:
     return statistics.median(handshakes)
 
 
-def public_key_table(caller: Caller, key_id: str, count: int, blocks: int) -> None:
-    """GetPublicKey(s) p50 through the plugin's socket, alternating with a grpc-go KeyManager answering the
-    same calls from memory (benchclient -serve): the least an answer costs on this machine."""
+@dataclass(frozen=True)
+class GoPlugin:
+    """benchclient -serve: a grpc-go KeyManager that answers GetPublicKey(s) from memory and signs with
+    aws-sdk-go-v2, the least a plugin can cost SPIRE through a socket on this machine."""
+
+    socket: str
+    pid: int
+
+
+@contextmanager
+def go_plugin(client: Path, endpoint: str = "", arn: str = "", algorithm: str = "") -> Iterator[GoPlugin]:
     with tempfile.TemporaryDirectory() as tmp:
-        socket = f"{tmp}/memory.sock"
-        server = subprocess.Popen([str(caller.client), "-serve", f"-socket={socket}"])
+        socket = f"{tmp}/go-plugin.sock"
+        command = [str(client), "-serve", f"-socket={socket}"]
+        if endpoint:
+            command += [f"-endpoint={endpoint}", f"-key={arn}", f"-algorithm={algorithm}"]
+        server = subprocess.Popen(command)
         try:
             deadline = time.monotonic() + 10
             while not os.path.exists(socket) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            print(f"\n{'':<14}  {'plugin p50':>10}  {'grpc-go from memory p50':>23}")
-            for method, label in (("getpublickey", "GetPublicKey"), ("getpublickeys", "GetPublicKeys")):
-                ours, floor = Run(0.0, []), Run(0.0, [])
-                for block in range(blocks):
-                    warmup = WARMUP if block == 0 else 0
-                    ours += caller.calls(method, count // blocks, key_id=key_id, warmup=warmup)
-                    floor += caller.calls(
-                        method, count // blocks, key_id=key_id, warmup=warmup, socket=socket
-                    )
-                print(
-                    f"{label:<14}  {ours.percentile_ms(0.5):>7.3f} ms  {floor.percentile_ms(0.5):>20.3f} ms"
-                )
+            yield GoPlugin(socket, server.pid)
         finally:
             server.kill()
             server.wait()
+
+
+def public_key_table(caller: Caller, key_id: str, count: int, blocks: int) -> None:
+    """GetPublicKey(s) p50 through the plugin's socket, alternating with the grpc-go plugin's."""
+    with go_plugin(caller.client) as floor_plugin:
+        print(f"\n{'':<14}  {'plugin p50':>10}  {'grpc-go plugin p50':>18}")
+        for method, label in (("getpublickey", "GetPublicKey"), ("getpublickeys", "GetPublicKeys")):
+            ours, floor = Run(0.0, []), Run(0.0, [])
+            for block in range(blocks):
+                warmup = WARMUP if block == 0 else 0
+                ours += caller.calls(method, count // blocks, key_id=key_id, warmup=warmup)
+                floor += caller.calls(
+                    method, count // blocks, key_id=key_id, warmup=warmup, socket=floor_plugin.socket
+                )
+            print(f"{label:<14}  {ours.percentile_ms(0.5):>7.3f} ms  {floor.percentile_ms(0.5):>15.3f} ms")
 
 
 def sign_table(
@@ -327,42 +344,53 @@ def sign_table(
 
 
 def builtin_table(caller: Caller, kms: object, endpoint: str, signs: int, blocks: int) -> None:
-    """What SPIRE pays per signature, one caller: its built-in aws_kms signs with aws-sdk-go-v2 in its own
-    process; with the plugin it makes a gRPC call and the plugin signs. Both are benchclient runs, in
-    alternating blocks."""
+    """What a signature costs SPIRE, one caller, three ways in alternating blocks: its built-in aws_kms
+    (aws-sdk-go-v2 in SPIRE's process), the grpc-go plugin (the least a plugin can add), this plugin."""
     print(
-        "\nWhat a signature costs SPIRE, 1 caller: the built-in aws_kms's Sign (aws-sdk-go-v2 in the caller's"
-        "\nprocess) against SignData through the plugin (CPU: the Go caller's, plus the plugin tree's)"
+        "\nWhat a signature costs SPIRE, 1 caller: the built-in aws_kms signs with aws-sdk-go-v2 in SPIRE's"
+        "\nprocess; a plugin is a gRPC call away. CPU per call: the Go caller's + the plugin process tree's."
     )
-    print(
-        f"{'key':<9}  {'built-in cpu':>12}  {'plugin: caller+tree cpu':>23}  {'built-in p50/p99':>16}"
-        f"  {'plugin p50/p99':>14}  {'+p50 ms':>7}"
-    )
+    print(f"{'key':<9}  {'signer':<36}  {'cpu per call':>20}  {'p50/p99 ms':>12}  {'+p50 ms':>7}")
     for key_type, algorithm in KEYS:
         name = km.KeyType.Name(key_type)
         key_id = f"bench-{name}"
         arn = kms.describe_key(KeyId=f"alias/SPIRE_SERVER_KEY/{key_id}")["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
-        ours, caller_cpu, builtin = Run(0.0, []), 0.0, Run(0.0, [])
-        for block in range(blocks):
-            run, cpu = caller.sign_run(key_id, signs // blocks, 1, warm=block == 0)
-            ours, caller_cpu = ours + run, caller_cpu + cpu
-            builtin += run_client(
-                caller.client,
-                "-method=awssdk-sign",
-                f"-endpoint={endpoint}",
-                f"-key={arn}",
-                f"-algorithm={algorithm}",
-                f"-count={signs // blocks}",
-                f"-warmup={WARMUP if block == 0 else 0}",
+        builtin, go, ours = Run(0.0, []), Run(0.0, []), Run(0.0, [])
+        go_caller_cpu = ours_caller_cpu = 0.0
+        with go_plugin(caller.client, endpoint, arn, algorithm) as floor_plugin:
+            for block in range(blocks):
+                count, warmup = signs // blocks, WARMUP if block == 0 else 0
+                builtin += run_client(
+                    caller.client,
+                    "-method=awssdk-sign",
+                    f"-endpoint={endpoint}",
+                    f"-key={arn}",
+                    f"-algorithm={algorithm}",
+                    f"-count={count}",
+                    f"-warmup={warmup}",
+                )
+                before = tree_cpu(floor_plugin.pid)
+                run = caller.calls("sign", count, key_id=key_id, warmup=warmup, socket=floor_plugin.socket)
+                go += Run(tree_cpu(floor_plugin.pid) - before, run.latencies)
+                go_caller_cpu += run.cpu
+                run, cpu = caller.sign_run(key_id, count, 1, warm=block == 0)
+                ours, ours_caller_cpu = ours + run, ours_caller_cpu + cpu
+        base = builtin.percentile_ms(0.5)
+        for label, side, caller_cpu in (
+            ("built-in aws_kms (inside SPIRE)", builtin, None),
+            ("grpc-go plugin with aws-sdk-go-v2", go, go_caller_cpu),
+            ("this plugin", ours, ours_caller_cpu),
+        ):
+            if caller_cpu is None:
+                cpu = f"{side.cpu_ms():.3f} ms"
+            else:
+                caller_ms = 1000 * caller_cpu / len(side.latencies)
+                cpu = f"{caller_ms:.3f}+{side.cpu_ms():.3f}={caller_ms + side.cpu_ms():.3f} ms"
+            p50 = side.percentile_ms(0.5)
+            print(
+                f"{name if side is builtin else '':<9}  {label:<36}  {cpu:>20}"
+                f"  {p50:>5.2f}/{side.percentile_ms(0.99):<6.2f}  {p50 - base:>+7.2f}"
             )
-        caller_ms = 1000 * caller_cpu / len(ours.latencies)
-        print(
-            f"{name:<9}  {builtin.cpu_ms():>9.3f} ms"
-            f"  {caller_ms:>8.3f} + {ours.cpu_ms():.3f} = {caller_ms + ours.cpu_ms():.3f} ms"
-            f"  {builtin.percentile_ms(0.5):>7.2f}/{builtin.percentile_ms(0.99):<8.2f}"
-            f"  {ours.percentile_ms(0.5):>6.2f}/{ours.percentile_ms(0.99):<7.2f}"
-            f"  {ours.percentile_ms(0.5) - builtin.percentile_ms(0.5):>+7.2f}"
-        )
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,9 @@
 //
 //	benchclient -method awssdk-sign -endpoint URL -key ID [-algorithm A]   KMS Sign with aws-sdk-go-v2,
 //	    from the caller's own process, as SPIRE's built-in aws_kms signs
-//	benchclient -serve -socket PATH   a grpc-go KeyManager answering GetPublicKey(s) from memory, until
-//	    killed: the least a plugin's answer can cost through a socket on this machine
+//	benchclient -serve -socket PATH [-endpoint URL -key ID -algorithm A]   until killed, a grpc-go
+//	    KeyManager answering GetPublicKey(s) from memory, and SignData with aws-sdk-go-v2 (key ID, whatever
+//	    the request names): the least a plugin's answer can cost through a socket on this machine
 //
 // A client prints one JSON line: {"latencies": [seconds, ...], "cpu_seconds": its own CPU for them}.
 package main
@@ -49,7 +50,7 @@ func main() {
 	flag.Parse()
 	var err error
 	if *serve {
-		err = serveFromMemory(*socket)
+		err = serveFromMemory(*socket, awsSDKSigner(*endpoint, *keyID, *algorithm))
 	} else {
 		var call func(context.Context) error
 		if *method == "awssdk-sign" {
@@ -92,31 +93,52 @@ func cpuSeconds() float64 {
 	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
 }
 
-// awsSDKSign signs a digest with KMS as SPIRE's built-in aws_kms does: an aws-sdk-go-v2 client in the
-// caller's own process (static test credentials; the emulator does not check them).
-func awsSDKSign(endpoint, keyID, algorithm string) func(context.Context) error {
+// awsSDKSigner signs a digest with KMS as SPIRE's built-in aws_kms does: an aws-sdk-go-v2 client (static
+// test credentials; the emulator does not check them).
+func awsSDKSigner(endpoint, keyID, algorithm string) func(context.Context, []byte) ([]byte, error) {
 	client := kms.New(kms.Options{
 		Region:       "us-east-1",
 		BaseEndpoint: aws.String(endpoint),
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIAIOSFODNN7EXAMPLE", "benchmark", ""),
 	})
-	digest := sha256.Sum256([]byte("benchmark"))
-	return func(ctx context.Context) error {
-		_, err := client.Sign(ctx, &kms.SignInput{
+	return func(ctx context.Context, digest []byte) ([]byte, error) {
+		out, err := client.Sign(ctx, &kms.SignInput{
 			KeyId:            aws.String(keyID),
-			Message:          digest[:],
+			Message:          digest,
 			MessageType:      kmstypes.MessageTypeDigest,
 			SigningAlgorithm: kmstypes.SigningAlgorithmSpec(algorithm),
 		})
+		if err != nil {
+			return nil, err
+		}
+		return out.Signature, nil
+	}
+}
+
+// awsSDKSign signs from the caller's own process, as the built-in does.
+func awsSDKSign(endpoint, keyID, algorithm string) func(context.Context) error {
+	sign := awsSDKSigner(endpoint, keyID, algorithm)
+	digest := sha256.Sum256([]byte("benchmark"))
+	return func(ctx context.Context) error {
+		_, err := sign(ctx, digest[:])
 		return err
 	}
 }
 
 // inMemory answers GetPublicKey(s) with one EC P-256 key's worth of bytes, as a plugin with its keys
-// cached would.
+// cached would, and signs with one KMS key.
 type inMemory struct {
 	keymanagerv1.UnimplementedKeyManagerServer
-	key *keymanagerv1.PublicKey
+	key  *keymanagerv1.PublicKey
+	sign func(context.Context, []byte) ([]byte, error)
+}
+
+func (m inMemory) SignData(ctx context.Context, req *keymanagerv1.SignDataRequest) (*keymanagerv1.SignDataResponse, error) {
+	signature, err := m.sign(ctx, req.Data)
+	if err != nil {
+		return nil, err
+	}
+	return &keymanagerv1.SignDataResponse{Signature: signature, KeyFingerprint: m.key.Fingerprint}, nil
 }
 
 func (m inMemory) GetPublicKey(context.Context, *keymanagerv1.GetPublicKeyRequest) (*keymanagerv1.GetPublicKeyResponse, error) {
@@ -127,7 +149,7 @@ func (m inMemory) GetPublicKeys(context.Context, *keymanagerv1.GetPublicKeysRequ
 	return &keymanagerv1.GetPublicKeysResponse{PublicKeys: []*keymanagerv1.PublicKey{m.key}}, nil
 }
 
-func serveFromMemory(socket string) error {
+func serveFromMemory(socket string, sign func(context.Context, []byte) ([]byte, error)) error {
 	listener, err := net.Listen("unix", socket)
 	if err != nil {
 		return err
@@ -138,7 +160,7 @@ func serveFromMemory(socket string) error {
 		Type:        keymanagerv1.KeyType_EC_P256,
 		PkixData:    make([]byte, 91),
 		Fingerprint: fmt.Sprintf("%x", sha256.Sum256(nil)),
-	}})
+	}, sign: sign})
 	return server.Serve(listener)
 }
 
