@@ -8,8 +8,9 @@ signature. This server drives the same C core (`cygrpc`) itself, for 0.10 ms of 
 
 - a method named quick (a read of cached public keys, a health check) runs on the polling thread as soon
   as its request arrives, and answers from there;
-- every other unary method runs on a worker, which answers directly: one crossing;
-- streams (go-plugin's broker, stdio and health watch) run on workers, each for its whole life.
+- any other call runs on the thread that read it too, which first hands the polling to another thread
+  (leader and followers): no call waits for a thread to wake up, unless every thread is busy;
+- streams (go-plugin's broker, stdio and health watch) hold their thread for their whole life.
 
 It offers what the generated `add_*Servicer_to_server` functions and the plugin's servicers use of gRPC:
 registering method handlers, and a servicer context with `time_remaining`, `abort`, `add_callback`,
@@ -18,12 +19,12 @@ registering method handlers, and a servicer context with `time_remaining`, `abor
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,9 @@ _METHOD_NOT_FOUND = "Method not found!"
 _UNDECODABLE = "Exception deserializing request!"
 
 log = get_logger("grpc")
-Tag = Callable[[Any], None]
+Job = Callable[[], None]
+# What a batch of operations calls when it completes; it may return a call to run (`Server._lead`).
+Tag = Callable[[Any], "Job | None"]
 
 
 class _Aborted(Exception):
@@ -181,13 +184,23 @@ def _ignore(event: Any) -> None:
 
 class Server:
     """A gRPC server for plaintext unix sockets. `quick_methods` (full names, "/package.Service/Method")
-    run on the polling thread: only for handlers that never wait (no lock held across I/O, no I/O)."""
+    run on the polling thread: only for handlers that never wait (no lock held across I/O, no I/O).
+
+    Leader and followers: one thread polls. When it takes a call that may wait, it hands the polling to a
+    follower (started if none waits) and runs the call itself, so the call starts at once, on the thread
+    that read it. Up to `max_workers` calls run at once; more wait for a thread in arrival order."""
 
     def __init__(self, quick_methods: Collection[str] = (), max_workers: int = 32) -> None:
         self._quick = frozenset(quick_methods)
         self._handlers: dict[str, Any] = {}
         self._generic: list[Any] = []
-        self._workers = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self._max_threads = max_workers + 1
+        self._threads = 0
+        self._followers = 0
+        self._lock = threading.Lock()
+        # Whoever takes it polls; a leader hands it over before it runs a call that may wait.
+        self._baton: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._backlog: collections.deque[Job] = collections.deque()
         self._queue = cygrpc.CompletionQueue()
         self._server = cygrpc.Server((), False)
         self._server.register_completion_queue(self._queue)
@@ -209,7 +222,9 @@ class Server:
     def start(self) -> None:
         self._server.start()
         self._request_call()
-        threading.Thread(target=self._poll, name="grpc-poll", daemon=True).start()
+        with self._lock:
+            self._start_thread()
+        self._baton.put(None)
 
     def stop(self, grace: float | None) -> threading.Event:
         """Refuse new calls, cancel those still running after `grace` seconds (None: now); the event is
@@ -222,20 +237,60 @@ class Server:
             timer.start()
         return self._stopped
 
-    # The polling thread.
+    # The threads: one leader polling, followers waiting for the baton, the others running calls.
 
-    def _poll(self) -> None:
+    def _start_thread(self) -> None:
+        threading.Thread(target=self._follow, name=f"grpc-{self._threads}", daemon=True).start()
+        self._threads += 1
+
+    def _follow(self) -> None:
+        while True:
+            with self._lock:
+                self._followers += 1
+            self._baton.get()
+            with self._lock:
+                self._followers -= 1
+            if self._stopped.is_set():
+                self._baton.put(None)  # on to the next follower, which stops too
+                return
+            self._lead()
+
+    def _lead(self) -> None:
         while not self._stopped.is_set():
             event = self._queue.poll()
             if event.completion_type != cygrpc.CompletionType.operation_complete:
                 continue
+            job: Job | None = None
             try:
-                event.tag(event)
+                job = event.tag(event)
             except Exception:
                 log.exception("Handling a gRPC event failed")
             # Drop the event before polling again: it may hold the last reference to a finished call.
             event = None
-        self._workers.shutdown(wait=False)
+            if job is not None and self._hand_over():
+                self._work(job)
+                return
+            if job is not None:
+                self._backlog.append(job)
+        self._baton.put(None)
+
+    def _hand_over(self) -> bool:
+        """Pass the polling to a follower, starting one if none waits; False when every thread is busy."""
+        with self._lock:
+            if self._followers == 0:
+                if self._threads >= self._max_threads:
+                    return False
+                self._start_thread()
+        self._baton.put(None)
+        return True
+
+    def _work(self, job: Job) -> None:
+        while True:
+            job()
+            try:
+                job = self._backlog.popleft()
+            except IndexError:
+                return
 
     def _on_shutdown(self, event: Any) -> None:
         self._stopped.set()
@@ -253,9 +308,11 @@ class Server:
                     break
         return handler
 
-    def _on_call(self, event: Any) -> None:
+    # What each completion does; a call that may wait is returned, to run once the polling is handed over.
+
+    def _on_call(self, event: Any) -> Job | None:
         if not event.success:  # the server is shutting down
-            return
+            return None
         if not self._stopping:
             self._request_call()
         method = event.call_details.method.decode()
@@ -263,19 +320,20 @@ class Server:
         if rpc.handler is None:
             rpc.finish(grpc.StatusCode.UNIMPLEMENTED, _METHOD_NOT_FOUND)
         elif rpc.handler.request_streaming:
-            self._workers.submit(self._run, rpc, None)
+            return functools.partial(self._run, rpc, None)
         else:
             rpc.start((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), functools.partial(self._on_request, rpc))
+        return None
 
-    def _on_request(self, rpc: _Rpc, event: Any) -> None:
+    def _on_request(self, rpc: _Rpc, event: Any) -> Job | None:
         data = event.batch_operations[0].message() if event.success else None
         if data is None:
             rpc.finish(grpc.StatusCode.UNIMPLEMENTED, f'"{rpc.method}" requires exactly one request message.')
-            return
+            return None
         if rpc.method in self._quick:
             self._run(rpc, data)
-        else:
-            self._workers.submit(self._run, rpc, data)
+            return None
+        return functools.partial(self._run, rpc, data)
 
     # Handlers, on the polling thread (quick methods) or a worker.
 

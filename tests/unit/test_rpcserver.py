@@ -87,8 +87,10 @@ def handlers() -> Handlers:
     return Handlers()
 
 
-def _serve(tmp_path: Path, handlers: Handlers, registered: bool = True) -> tuple[Server, str]:
-    server = Server(quick_methods=[QUICK], max_workers=2)
+def _serve(
+    tmp_path: Path, handlers: Handlers, registered: bool = True, max_workers: int = 2
+) -> tuple[Server, str]:
+    server = Server(quick_methods=[QUICK], max_workers=max_workers)
     if registered:
         server.add_registered_method_handlers(SERVICE, handlers.handlers())
     else:
@@ -169,6 +171,24 @@ def test_a_quick_method_is_answered_while_every_worker_is_busy(
     assert not any(call.done() for call in slow)
     handlers.release.set()
     assert [call.result() for call in slow] == [b"slow", b"slow"]
+
+
+def test_calls_beyond_the_workers_wait_their_turn_and_quick_ones_do_not(
+    tmp_path: Path, handlers: Handlers
+) -> None:
+    server, address = _serve(tmp_path, handlers, max_workers=1)
+    try:
+        with grpc.insecure_channel(address) as client:
+            slow = [client.unary_unary(f"/{SERVICE}/Slow").future(b"", timeout=TIMEOUT) for _ in range(3)]
+            assert handlers.slow_started.wait(TIMEOUT)
+            assert _unary(client, "Quick", b"now", timeout=2.0) == b"quick:now"
+            assert not any(call.done() for call in slow)
+            handlers.release.set()
+            assert [call.result() for call in slow] == [b"slow", b"slow", b"slow"]
+            assert _unary(client, "Echo", b"after") == b"echo:after"
+    finally:
+        handlers.release.set()
+        assert server.stop(grace=0).wait(TIMEOUT)
 
 
 def test_workers_serve_calls_side_by_side(channel: grpc.Channel, handlers: Handlers) -> None:
