@@ -223,7 +223,7 @@ class Server:
         self._server.start()
         self._request_call()
         with self._lock:
-            self._start_thread()
+            self._start_follower()
         self._baton.put(None)
 
     def stop(self, grace: float | None) -> threading.Event:
@@ -237,16 +237,17 @@ class Server:
             timer.start()
         return self._stopped
 
-    # The threads: one leader polling, followers waiting for the baton, the others running calls.
+    # The threads: one leader polling, followers waiting for the baton, the others running calls. The lock
+    # guards the count of followers and the backlog together, so that a call is never left in the backlog
+    # while a follower waits.
 
-    def _start_thread(self) -> None:
+    def _start_follower(self) -> None:
         threading.Thread(target=self._follow, name=f"grpc-{self._threads}", daemon=True).start()
         self._threads += 1
+        self._followers += 1
 
     def _follow(self) -> None:
         while True:
-            with self._lock:
-                self._followers += 1
             self._baton.get()
             with self._lock:
                 self._followers -= 1
@@ -256,6 +257,7 @@ class Server:
             self._lead()
 
     def _lead(self) -> None:
+        """Poll until a call that may wait comes, then run it (the polling handed over first)."""
         while not self._stopped.is_set():
             event = self._queue.poll()
             if event.completion_type != cygrpc.CompletionType.operation_complete:
@@ -267,30 +269,32 @@ class Server:
                 log.exception("Handling a gRPC event failed")
             # Drop the event before polling again: it may hold the last reference to a finished call.
             event = None
-            if job is not None and self._hand_over():
+            if job is not None and self._hand_over(job):
                 self._work(job)
                 return
-            if job is not None:
-                self._backlog.append(job)
         self._baton.put(None)
 
-    def _hand_over(self) -> bool:
-        """Pass the polling to a follower, starting one if none waits; False when every thread is busy."""
+    def _hand_over(self, job: Job) -> bool:
+        """Pass the polling to a follower, starting one if none waits; when every thread is busy, put
+        `job` in the backlog instead and say so (False)."""
         with self._lock:
             if self._followers == 0:
                 if self._threads >= self._max_threads:
+                    self._backlog.append(job)
                     return False
-                self._start_thread()
+                self._start_follower()
         self._baton.put(None)
         return True
 
     def _work(self, job: Job) -> None:
+        """Run `job`, then what waits in the backlog; then follow."""
         while True:
             job()
-            try:
+            with self._lock:
+                if not self._backlog:
+                    self._followers += 1
+                    return
                 job = self._backlog.popleft()
-            except IndexError:
-                return
 
     def _on_shutdown(self, event: Any) -> None:
         self._stopped.set()
