@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+# grpcio's own layer under grpc.server and grpc.aio, not a public API: setup.cfg pins grpcio, and
+# tests/unit/test_rpcserver.py exercises every part of it used here.
 from grpc._cython import cygrpc
 
 from plugin.log import get_logger
