@@ -87,7 +87,7 @@ class _Rpc:
         # from the start; a unary call asks with its answer, one completion fewer.
         self.streaming = handler is not None and (handler.request_streaming or handler.response_streaming)
         if self.streaming:
-            # What a worker waits for: a streamed request message, a streamed response sent.
+            # What the thread running the stream waits for: a request message, a response sent.
             self._arrivals: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
             self._sent = threading.Event()
             self.start((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), self.on_close)
@@ -154,12 +154,13 @@ class _Rpc:
             except Exception:
                 log.exception("A gRPC call's callback failed", method=self.method)
 
-    # Streams, driven from a worker.
+    # Streams, driven from the thread that runs the handler.
 
     def requests(self) -> Iterator[Any]:
         deserialize = self.handler.request_deserializer
         while not self._over:
-            self.start((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_stream_message)
+            if not self.start((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_stream_message):
+                return
             data = self._arrivals.get()
             if data is None:
                 return

@@ -253,13 +253,17 @@ class Caller:
             f"-warmup={warmup}",
         )
 
-    def sign_run(self, key_id: str, count: int, callers: int, warm: bool) -> tuple[Run, float]:
-        """A block of SignData calls: the plugin tree's CPU and latencies, and the caller's CPU seconds."""
+    def sign_run(
+        self, key_id: str, count: int, callers: int, warm: bool, target: GoPlugin | None = None
+    ) -> tuple[Run, float]:
+        """A block of SignData calls to the plugin (or to `target`): the server tree's CPU and latencies,
+        and the caller's CPU seconds. Warm-up calls are made apart, so that their CPU is not counted."""
+        socket, pid = (target.socket, target.pid) if target else ("", self.plugin.pid)
         if warm:
-            self.calls("sign", WARMUP, callers, key_id)
-        before = tree_cpu(self.plugin.pid)
-        run = self.calls("sign", count, callers, key_id)
-        return Run(cpu=tree_cpu(self.plugin.pid) - before, latencies=run.latencies), run.cpu
+            self.calls("sign", WARMUP, callers, key_id, socket=socket)
+        before = tree_cpu(pid)
+        run = self.calls("sign", count, callers, key_id, socket=socket)
+        return Run(cpu=tree_cpu(pid) - before, latencies=run.latencies), run.cpu
 
 
 def startup_ms(env: dict[str, str], starts: int) -> float:
@@ -369,10 +373,8 @@ def builtin_table(caller: Caller, kms: object, endpoint: str, signs: int, blocks
                     f"-count={count}",
                     f"-warmup={warmup}",
                 )
-                before = tree_cpu(floor_plugin.pid)
-                run = caller.calls("sign", count, key_id=key_id, warmup=warmup, socket=floor_plugin.socket)
-                go += Run(tree_cpu(floor_plugin.pid) - before, run.latencies)
-                go_caller_cpu += run.cpu
+                run, cpu = caller.sign_run(key_id, count, 1, warm=block == 0, target=floor_plugin)
+                go, go_caller_cpu = go + run, go_caller_cpu + cpu
                 run, cpu = caller.sign_run(key_id, count, 1, warm=block == 0)
                 ours, ours_caller_cpu = ours + run, ours_caller_cpu + cpu
         base = builtin.percentile_ms(0.5)
