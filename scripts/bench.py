@@ -13,8 +13,8 @@ Then what a signature costs SPIRE three ways: with its built-in aws_kms (aws-sdk
 with a grpc-go plugin that signs with aws-sdk-go-v2 (benchclient -serve: the least any plugin adds), and
 with this plugin; GetPublicKey(s) latency next to that grpc-go plugin's, and the KMS calls they made;
 spawn-to-handshake time, binary size and the RSS of the plugin tree. `--spire` runs the SPIRE workload
-instead (`scripts/bench_spire.py`: mints with SPIRE's built-in aws_kms against mints with this plugin, and
-start to healthy).
+instead (`scripts/bench_spire.py`: mints with SPIRE's built-in aws_kms, with the same aws_kms code served as
+an external plugin, and with this plugin; start to healthy).
 
     .venv/bin/python scripts/bench.py [--signs N] [--blocks N] [--starts N] [--callers 1,16]
     .venv/bin/python scripts/bench.py --spire [bench_spire.py's options]
@@ -44,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gobuild import go_build  # noqa: E402
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km  # noqa: E402
 from tests.conftest import BINARY  # noqa: E402
@@ -201,28 +203,6 @@ class Baseline:
         if self._process.stdin is not None:
             self._process.stdin.close()
         self._process.wait(timeout=30)
-
-
-def go_client() -> Path:
-    """scripts/benchclient built (cached by Go) with the Go caches install_spire.sh fills."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aws-kms-keymanager" / "go"
-    output = ROOT / "build" / "benchclient" / "benchclient"
-    env = {
-        **os.environ,
-        "GOPATH": str(cache / "path"),
-        "GOMODCACHE": str(cache / "path" / "pkg" / "mod"),
-        "GOCACHE": str(cache / "build"),
-        "GOFLAGS": "-modcacherw",
-        "GOTOOLCHAIN": "local",
-        "CGO_ENABLED": "0",
-    }
-    subprocess.run(
-        ["go", "build", "-trimpath", "-o", str(output), "."],
-        cwd=ROOT / "scripts" / "benchclient",
-        env=env,
-        check=True,
-    )
-    return output
 
 
 def run_client(client: Path, *args: str) -> Run:
@@ -417,7 +397,7 @@ def main(argv: list[str]) -> int:
         print(f"{BINARY} is missing: run scripts/build.sh first", file=sys.stderr)
         return 1
     callers_list = [int(value) for value in args.callers.split(",")]
-    client = go_client()
+    client = go_build("benchclient")
 
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
