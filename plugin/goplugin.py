@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from plugin.bundle import Launchers
+from plugin.bundle import Launcher
 from plugin.log import get_logger
 from plugin.rpcserver import Server
 from proto_gen.goplugin import (
@@ -193,7 +193,7 @@ def stop_on_sigterm(stopper: Stopper) -> None:
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when our parent dies, at once; the launchers above it are polled."""
+    """Ask the kernel for SIGTERM when our parent dies, at once (it is polled too, in case it died first)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -201,9 +201,9 @@ def _die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) is unavailable; relying on polling the parent pid")
 
 
-def _watch_launchers(launchers: Launchers, stopper: Stopper) -> None:
+def _watch_launcher(launcher: Launcher, stopper: Stopper) -> None:
     while not stopper.event.wait(PARENT_POLL_SECONDS):
-        if not launchers.intact():
+        if not launcher.running():
             stopper.stop("the process the host started exited")
 
 
@@ -216,7 +216,7 @@ def serve(
 ) -> int:
     """Serve until told to stop; returns the process exit code. `host_services` learns where SPIRE
     serves its host services; `quick_methods` never wait (see `plugin.rpcserver`)."""
-    launchers = Launchers.of_this_process()
+    launcher = Launcher.of_this_process()
     out = stdout or sys.stdout
     app_version = negotiate_protocol(dict(os.environ))
     if app_version is None:
@@ -247,12 +247,12 @@ def serve(
 
         out.write(handshake_line(socket_path, app_version))
         out.flush()
-        log.debug("Plugin serving", socket=socket_path, pid=os.getpid(), launchers=list(launchers.pids))
+        log.debug("Plugin serving", socket=socket_path, pid=os.getpid(), launcher=launcher.pid)
 
         threading.Thread(
-            target=_watch_launchers, args=(launchers, stopper), name="launcher-watch", daemon=True
+            target=_watch_launcher, args=(launcher, stopper), name="launcher-watch", daemon=True
         ).start()
-        if not launchers.intact():
+        if not launcher.running():
             stopper.stop("the process the host started exited")
         while not stopper.event.wait(PARENT_POLL_SECONDS):
             pass
@@ -261,5 +261,5 @@ def serve(
         server.stop(grace=0.5).wait(1.0)
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
-        launchers.remove_orphaned()
+        launcher.remove_if_gone()
     return 0

@@ -5,10 +5,10 @@
 #
 #   scripts/freeze.sh PYTHON WORKPATH OUTPUT      (SOURCE_DATE_EPOCH, BUILD_COMMIT, BUILD_DATE set)
 #
-# Two steps: PyInstaller freezes the program from build.spec into one file that still needs the build
-# machine's C library (kept as WORKPATH/aws-kms-keymanager.dynamic, which benchmarks compare with); staticx
-# then wraps it with its own loader and C library, so that it runs on any Linux of that architecture, in an
-# empty root file system too. PyInstaller reuses its analysis in WORKPATH when no source, hook or installed
+# Two steps: PyInstaller freezes the program from build.spec into a program and its directory that still
+# need the build machine's C library (kept as WORKPATH/onedir/aws-kms-keymanager.dynamic and _internal/,
+# which benchmarks compare with); staticx then packs both with its own loader and C library into one file,
+# so that it runs on any Linux of that architecture, in an empty root file system too. PyInstaller reuses its analysis in WORKPATH when no source, hook or installed
 # package changed; the output is byte-identical either way. Nothing is written to the source tree.
 set -euo pipefail
 if [[ $# -ne 3 ]]; then
@@ -47,15 +47,17 @@ fi
 echo "$fingerprint" >"$workpath/.fingerprint"
 
 name=aws-kms-keymanager
-dynamic=$workpath/$name.dynamic
-rm -f "$dynamic" "$output.partial"
+onedir=$workpath/onedir
+dynamic=$onedir/$name.dynamic
+rm -rf "$onedir" "$output.partial"
 "$python" -m PyInstaller \
     --noconfirm \
     --log-level "${PYINSTALLER_LOG_LEVEL:-WARN}" \
     --workpath "$workpath" \
     --distpath "$workpath/dist" \
     build.spec
-mv "$workpath/dist/$name" "$dynamic"
+mv "$workpath/dist/$name" "$onedir"
+mv "$onedir/$name" "$dynamic"
 "$python" packaging/staticx_wrap.py "$dynamic" "$output.partial"
 chmod 0755 "$output.partial"
 mv "$output.partial" "$output"

@@ -100,8 +100,8 @@ def _logging(verbose: bool) -> None:
 
 
 def program_path() -> str | None:
-    """This executable as SPIRE would name it in plugin_cmd: staticx's and PyInstaller's bootloaders run
-    the program from where they unpack it, and say where they were started from."""
+    """This executable as SPIRE would name it in plugin_cmd: staticx's bootloader runs the program from
+    where it unpacks it, and says where it was started from."""
     if os.environ.get("STATICX_PROG_PATH"):
         return os.environ["STATICX_PROG_PATH"]
     return sys.executable if getattr(sys, "frozen", False) else None

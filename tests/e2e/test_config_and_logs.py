@@ -41,7 +41,7 @@ def _refused(server: SpireServer) -> list[str]:
     status = server.wait_exit(EXIT_TIMEOUT)
     assert status != 0, "spire-server started"
     assert wait_gone(server.processes_in_workdir(), 5.0) == []
-    assert not list(server.tmpdir.glob("_MEI*"))
+    assert not list(server.tmpdir.glob("staticx-*"))
     fatal = [
         str(e.get("error"))
         for e in server.log_entries()

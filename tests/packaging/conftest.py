@@ -1,8 +1,8 @@
 """Fixtures for the tests of the frozen binaries dist/aws-kms-keymanager-linux-{amd64,arm64} (built by
 scripts/build.sh --arch all): every test here runs once for each, the arm64 one under qemu-user.
 
-Every run of the binary gets its own TMPDIR: the one-file bootloader unpacks itself there (`_MEI*`) and the
-plugin makes its socket directory there, so a test can see exactly what a run leaves behind.
+Every run of the binary gets its own TMPDIR: staticx's bootloader unpacks the program there (`staticx-*`)
+and the plugin makes its socket directory there, so a test can see exactly what a run leaves behind.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def plugin_env(tmpdir: Path, extra: Mapping[str, str] | None = None) -> dict[str
 
 
 def unpack_dirs(tmpdir: Path) -> list[str]:
-    return sorted(p.name for p in tmpdir.glob("_MEI*"))
+    return sorted(p.name for p in tmpdir.glob("staticx-*"))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What an operator notices about the one-file binary: it starts, answers --version/--help, refuses to run
+"""What an operator notices about the binary: it starts, answers --version/--help, refuses to run
 without SPIRE, fits its size budget, has the checksum our script prints, starts in any locale, speaks the
 go-plugin handshake, and leaves nothing behind in TMPDIR."""
 
@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import subprocess
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,36 +156,49 @@ def test_no_unpack_dir_is_left_after_exit(
     assert list(private_tmpdir.iterdir()) == []
 
 
-def _interpreter_options(binary: Path) -> list[str]:
-    from PyInstaller.archive.readers import CArchiveReader
-
-    return list(CArchiveReader(str(binary)).options)
-
-
-def test_utf8_mode_and_optimization_are_baked_in(binary: Path) -> None:
-    # Frozen programs ignore PYTHONUTF8/PYTHONOPTIMIZE: only the options stored in the binary count.
-    options = _interpreter_options(binary)
-    assert "X utf8" in options
-    assert options.count("O") == 2
-
-
 @dataclass
 class Bundle:
-    files: set[str]  # entries of the one-file archive (unpacked to _MEI* at start)
+    program: Path  # PyInstaller's program, as staticx runs it
+    files: set[str]  # what staticx unpacks beside the program at start (its _internal directory)
     modules: set[str]  # modules in the PYZ archive and base_library.zip
 
 
 @pytest.fixture(scope="module")
-def bundle(binary: Path) -> Bundle:
+def bundle(binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    from elftools.elf.elffile import ELFFile
+    from PyInstaller.archive.readers import CArchiveReader
+    from staticx.constants import ARCHIVE_SECTION
+
+    # Read with pyelftools: staticx's own reader runs the host's objcopy, which knows no arm64 file.
+    with binary.open("rb") as elf:
+        packed = ELFFile(elf).get_section_by_name(ARCHIVE_SECTION).data()
+    with tarfile.open(fileobj=io.BytesIO(packed), mode="r") as archive:
+        files = {
+            name.removeprefix("_internal/") for name in archive.getnames() if name.startswith("_internal/")
+        }
+        program = tmp_path_factory.mktemp("program") / "program"
+        program.write_bytes(_member(archive, f"{PLUGIN_NAME}.dynamic"))
+        base_library = _member(archive, "_internal/base_library.zip")
+    modules = set(CArchiveReader(str(program)).open_embedded_archive("PYZ.pyz").toc)
+    with zipfile.ZipFile(io.BytesIO(base_library)) as library:
+        for name in library.namelist():
+            modules.add(name.removesuffix(".pyc").removesuffix("/__init__").replace("/", "."))
+    return Bundle(program=program, files=files, modules=modules)
+
+
+def _member(archive: tarfile.TarFile, name: str) -> bytes:
+    member = archive.extractfile(name)
+    assert member is not None, f"{name} is not a file in the staticx archive"
+    return member.read()
+
+
+def test_utf8_mode_and_optimization_are_baked_in(bundle: Bundle) -> None:
     from PyInstaller.archive.readers import CArchiveReader
 
-    reader = CArchiveReader(str(binary))
-    modules = set(reader.open_embedded_archive("PYZ.pyz").toc)
-    with zipfile.ZipFile(io.BytesIO(reader.extract("base_library.zip"))) as base_library:
-        for name in base_library.namelist():
-            module = name.removesuffix(".pyc").removesuffix("/__init__").replace("/", ".")
-            modules.add(module)
-    return Bundle(files=set(reader.toc), modules=modules)
+    # Frozen programs ignore PYTHONUTF8/PYTHONOPTIMIZE: only the options stored in the program count.
+    options = list(CArchiveReader(str(bundle.program)).options)
+    assert "X utf8" in options
+    assert options.count("O") == 2
 
 
 def test_botocore_data_is_trimmed_to_what_the_plugin_uses(bundle: Bundle) -> None:

@@ -61,7 +61,7 @@ class PluginProcess:
         return data.split(b"\n", 1)[0].decode()
 
     def python_child(self) -> int:
-        """The pid of the Python process the one-file bootloader started."""
+        """The pid of the Python process staticx's bootloader started."""
         for _ in range(100):
             for stat in Path("/proc").glob("[0-9]*/stat"):
                 with contextlib.suppress(OSError):

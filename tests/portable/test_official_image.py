@@ -126,8 +126,8 @@ def test_spire_server_runs_our_plugin_in_the_official_image_layout(
             os.chown(directory, SPIRE_UID, SPIRE_GID)
         server.start()
         assert "Server is healthy" in server.healthcheck().stdout
-        processes = descendants(server.pid)  # spire-server, then the plugin's three
-        assert len(processes) == 4, processes
+        processes = descendants(server.pid)  # spire-server, then the plugin's two
+        assert len(processes) == 3, processes
         assert {uid_of(pid) for pid in processes} == {SPIRE_UID}
 
         bundle = server.bundle()

@@ -275,8 +275,8 @@ def test_spire_server_runs_the_plugin_in_the_units_sandbox(
         for directory in (server.workdir, server.data_dir, server.tmpdir):
             os.chown(directory, SPIRE_UID, SPIRE_GID)
         server.start()
-        processes = [server.pid, *descendants(server.pid)]  # spire-server, then the plugin's three
-        assert len(processes) == 4, processes
+        processes = [server.pid, *descendants(server.pid)]  # spire-server, then the plugin's two
+        assert len(processes) == 3, processes
         assert {uid_of(pid) for pid in processes} == {SPIRE_UID}
         for pid in processes:
             status = Path(f"/proc/{pid}/status").read_text()
@@ -324,7 +324,7 @@ def test_the_plugin_cannot_start_from_a_noexec_tmp(plugin_binary: Path, emulator
 def test_every_system_call_of_the_plugin_is_in_the_units_filter(
     plugin_binary: Path, emulator: EmulatorControl, tmp_path: Path
 ) -> None:
-    """strace follows the plugin (all three processes) through a whole session SPIRE would have with it."""
+    """strace follows the plugin (both processes) through a whole session SPIRE would have with it."""
     allowed = allowed_syscalls(service_settings())
     trace = tmp_path / "strace.out"
     plugin_tmp = tmp_path / "tmp"
@@ -400,8 +400,8 @@ def test_every_system_call_of_spire_server_and_the_plugin_is_in_the_units_filter
             os.chown(directory, SPIRE_UID, SPIRE_GID)
         server.start()
         server.mint_x509(WORKLOAD)
-        (traced, *plugin) = descendants(server.pid)  # strace's child, spire-server, then the plugin's three
-        assert len(plugin) == 3, plugin
+        (traced, *plugin) = descendants(server.pid)  # strace's child, spire-server, then the plugin's two
+        assert len(plugin) == 2, plugin
         assert uid_of(traced) == SPIRE_UID
         # KillMode=mixed: SIGTERM to spire-server alone (strace passes its exit status on).
         os.kill(traced, signal.SIGTERM)

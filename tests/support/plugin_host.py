@@ -478,7 +478,7 @@ class PluginProcess:
         return self.process.wait(timeout)
 
     def descendant_pids(self) -> list[int]:
-        """Pids of every process descended from the spawned one (a one-file binary's Python child, ...).
+        """Pids of every process descended from the spawned one (the binary's Python child, ...).
 
         While the process runs this is read from /proc now; once it has exited, the descendants seen while it
         ran (at the handshake, after Init, at shutdown/kill and at every call of this method)."""

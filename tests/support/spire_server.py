@@ -586,7 +586,7 @@ class SpireServer:
         return int(self.process.returncode)
 
     def plugin_pids(self) -> list[int]:
-        """The server's descendant processes (an external plugin: the one-file bootloader and its child)."""
+        """The server's descendant processes (an external plugin: staticx's bootloader, its Python child)."""
         if not self.is_running():
             return []
         pids = descendants(self.pid)
