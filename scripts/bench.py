@@ -10,7 +10,7 @@ The plugin is called as SPIRE calls it: by a Go program (scripts/benchclient, bu
 using grpc-go and the SPIRE plugin SDK's client. Each row alternates blocks of the plugin's calls with
 blocks of boto3's, so that a change in the machine's speed during the row falls on both sides alike.
 Then what a signature costs SPIRE three ways: with its built-in aws_kms (aws-sdk-go-v2 in SPIRE's process),
-with a grpc-go plugin that signs with aws-sdk-go-v2 (benchclient -serve: the least any plugin adds), and
+with a grpc-go plugin that signs with aws-sdk-go-v2 (benchclient -serve: what a Go plugin adds), and
 with this plugin; GetPublicKey(s) latency next to that grpc-go plugin's, and the KMS calls they made;
 spawn-to-handshake time, binary size and the RSS of the plugin tree. `--spire` runs the SPIRE workload
 instead (`scripts/bench_spire.py`: mints with SPIRE's built-in aws_kms, with the same aws_kms code served as
@@ -258,7 +258,7 @@ def startup_ms(env: dict[str, str], starts: int) -> float:
 @dataclass(frozen=True)
 class GoPlugin:
     """benchclient -serve: a grpc-go KeyManager that answers GetPublicKey(s) from memory and signs with
-    aws-sdk-go-v2, the least a plugin can cost SPIRE through a socket on this machine."""
+    aws-sdk-go-v2: what a Go plugin costs SPIRE through a socket on this machine."""
 
     socket: str
     pid: int
@@ -329,7 +329,7 @@ def sign_table(
 
 def builtin_table(caller: Caller, kms: object, endpoint: str, signs: int, blocks: int) -> None:
     """What a signature costs SPIRE, one caller, three ways in alternating blocks: its built-in aws_kms
-    (aws-sdk-go-v2 in SPIRE's process), the grpc-go plugin (the least a plugin can add), this plugin."""
+    (aws-sdk-go-v2 in SPIRE's process), the grpc-go plugin (what a Go plugin adds), this plugin."""
     print(
         "\nWhat a signature costs SPIRE, 1 caller: the built-in aws_kms signs with aws-sdk-go-v2 in SPIRE's"
         "\nprocess; a plugin is a gRPC call away. CPU per call: the Go caller's + the plugin process tree's."

@@ -6,10 +6,10 @@ The workload mints X509-SVIDs and JWT-SVIDs through SPIRE's server API on its ad
 from concurrent clients. Every mint is one KeyManager SignData and one KMS Sign. Every server runs the same
 spire-server binary, configuration and key types; only the KeyManager block differs. The middle one,
 scripts/builtinplugin, is SPIRE's own aws_kms package behind SPIRE's plugin SDK: what it loses against the
-built-in is what being out of process costs any plugin, the floor for ours. Each round starts every server
-(timed from launch to healthy, as `spire-server healthcheck` asks) and runs each workload in blocks
-alternating between them, so that a change in the machine's speed falls on all alike. The emulator (moto)
-dominates the absolute numbers: the ratios are what a plugin costs.
+built-in is what being out of process costs SPIRE's own code, the reference for ours. Each round starts
+every server (timed from launch to healthy, as `spire-server healthcheck` asks) and runs each workload in
+blocks alternating between them, so that a change in the machine's speed falls on all alike. The emulator
+(moto) dominates the absolute numbers: the ratios are what a plugin costs.
 
     .venv/bin/python scripts/bench_spire.py [--sequential N] [--concurrent N] [--workers N] [--key-type T]
                                             [--rounds N] [--blocks N]

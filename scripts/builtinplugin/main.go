@@ -2,7 +2,7 @@
 // that spire-server runs in its own process (github.com/spiffe/spire's pkg/server/plugin/keymanager/awskms,
 // at the version scripts/bench_spire.py runs), behind the go-plugin handshake and gRPC of SPIRE's plugin
 // SDK. scripts/bench_spire.py measures it next to the built-in and to this project's plugin: what the
-// built-in loses by nothing but being out of process, the least any external KeyManager can add.
+// built-in loses by nothing but being out of process.
 package main
 
 import (
