@@ -7,23 +7,15 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.support.gocache import go_cache_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def go_build(program: str) -> Path:
     """scripts/`program` built (cached by Go) to build/`program`/`program`; its path."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aws-kms-keymanager" / "go"
     output = ROOT / "build" / program / program
-    env = {
-        **os.environ,
-        "GOPATH": str(cache / "path"),
-        "GOMODCACHE": str(cache / "path" / "pkg" / "mod"),
-        "GOCACHE": str(cache / "build"),
-        "GOFLAGS": "-modcacherw",
-        "GOTOOLCHAIN": "local",
-        "GOWORK": "off",
-        "CGO_ENABLED": "0",
-    }
+    env = {**os.environ, **go_cache_env(), "CGO_ENABLED": "0"}
     subprocess.run(
         ["go", "build", "-trimpath", "-o", str(output), "."],
         cwd=ROOT / "scripts" / program,

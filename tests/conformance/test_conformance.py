@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gocache import go_cache_env
 from tests.support.kms_emulator import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, EmulatorProcess
 
 pytestmark = pytest.mark.binary
@@ -136,30 +137,16 @@ def parse_events(stdout: str) -> tuple[dict[str, GoTest], list[str], str | None,
     return tests, package_output, package_outcome, package_elapsed
 
 
-def _cache_root() -> Path:
-    # As scripts/install_spire.sh computes it.
-    if os.environ.get("SPIRE_CACHE_DIR"):
-        return Path(os.environ["SPIRE_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "aws-kms-keymanager"
-
-
 def go_env(binary: Path, endpoint: str) -> dict[str, str]:
     """The environment of `go test`: scripts/install_spire.sh's Go caches and build settings, so its compiled
     packages are reused, and the conformance suite's inputs. The Go test isolates the plugins' environment
     further itself (no outside AWS, Python or proxy variables; a private TMPDIR)."""
-    gocache = _cache_root() / "go"
     drop = ("AWS_", "PYTHON")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(drop)}
     for name in ("GOOS", "GOARCH", "GOBIN", "GOFLAGS"):
         env.pop(name, None)
+    env.update(go_cache_env())
     env.update(
-        GOPATH=str(gocache / "path"),
-        GOMODCACHE=str(gocache / "path" / "pkg" / "mod"),
-        GOCACHE=str(gocache / "build"),
-        GOFLAGS="-modcacherw",
-        GOTOOLCHAIN="local",
-        GOWORK="off",
         CGO_ENABLED="1",
         CC=os.environ.get("MUSL_CC", "musl-gcc"),
         AKM_PLUGIN_BINARY=str(binary),
