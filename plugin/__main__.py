@@ -64,8 +64,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(NOT_A_COMMAND)
         return 1
 
-    from plugin import log
+    from plugin import allocator, log
 
+    allocator.bound_heap_growth()
     log.setup()
     # gRPC's C core logs in its own format on stderr, at info level things such as a GOAWAY from SPIRE's
     # host-services server; SPIRE would take each line for a raw debug message. Errors still show. Read
