@@ -66,8 +66,8 @@ def main(argv: list[str]) -> int:
 
     from plugin import allocator, log
 
-    allocator.bound_heap_growth()
     log.setup()
+    allocator.bound_heap_growth()
     # gRPC's C core logs in its own format on stderr, at info level things such as a GOAWAY from SPIRE's
     # host-services server; SPIRE would take each line for a raw debug message. Errors still show. Read
     # when gRPC loads, so set first; an operator's own setting wins.

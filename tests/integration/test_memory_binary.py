@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from proto_gen.spire.keymanager import keymanager_pb2 as km
+from tests.integration.conftest import StartPlugin
 from tests.support.plugin_host import PluginProcess
 from tests.support.signatures import digest_of, verify
 
@@ -107,3 +108,16 @@ def test_rss_stays_bounded_over_forty_thousand_fuzzed_requests(plugin: PluginPro
     for key_id, key in published.items():
         answer = plugin.sign_data(key_id, digest_of(km.SHA256), km.SHA256)
         verify(key.pkix_data, answer.signature, km.SHA256, None)
+
+
+def test_the_binary_sets_glibcs_allocator_at_start_and_says_so_at_debug_level(start: StartPlugin) -> None:
+    entry = start().wait_for_log("Memory allocator")
+    assert entry["@message"] == "Memory allocator set"
+    assert entry["@level"] == "debug"
+    assert (entry["mmap_threshold_bytes"], entry["arena_max"]) == (131072, 2)
+
+
+def test_an_operators_own_allocator_setting_is_left_alone(start: StartPlugin) -> None:
+    entry = start(MALLOC_ARENA_MAX="4").wait_for_log("Memory allocator")
+    assert entry["@message"] == "Memory allocator left as the environment sets it"
+    assert entry["variables"] == "MALLOC_ARENA_MAX"
