@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 # followed by one of 64 KiB (too large for the bins of freed small blocks, so it comes after it and keeps
 # the heap from shrinking), and frees the large ones: prints how many bytes the process still holds.
 HELD_AFTER_FREE = """
-import ctypes, sys
+import ctypes, os, sys
 from plugin import allocator
 if sys.argv[1] == "set":
     assert allocator.bound_heap_growth({})
@@ -26,7 +26,7 @@ libc.malloc.argtypes = (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
 def rss():
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 first = libc.malloc(4 << 20)
 ctypes.memset(first, 1, 4 << 20)
 libc.free(first)
